@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine:  `make run` (pipeline on the defaults)  and  `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# DVC stage commands call `python`: make it the venv's.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install run test test-fast ui clean
+
+install: $(STAMP)
+
+# requirements.lock is the full pinned set (pip freeze of a clean install) used as constraints.
+# The venv is byte-compiled once: this machine sets PYTHONDONTWRITEBYTECODE=1, and without .pyc
+# files every DVC stage process pays ~2.5x for its imports (lightning ~15 s instead of ~6 s).
+$(STAMP): requirements.in requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet -r requirements.in -c requirements.lock
+	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1
+	touch $(STAMP)
+
+run: install
+	$(BIN)/dvc repro
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+# MLflow UI on 127.0.0.1 over the project's sqlite store (one worker, no job runner: ~9 s to answer).
+ui: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000 --workers 1
+
+clean:
+	rm -rf artifacts mlflow.db mlartifacts .dvc/tmp/exps

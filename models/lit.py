@@ -1,0 +1,107 @@
+"""The LightningModule that wraps any registered plain ``nn.Module`` (export touches only ``net``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def make_loss(cfg: dict[str, Any]) -> nn.Module:
+    """Loss from the ``loss`` block of recipe.json."""
+    name = cfg["name"]
+    if name == "cross_entropy":
+        weight = torch.tensor(cfg["class_weights"], dtype=torch.float32) if cfg.get("class_weights") else None
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.get("label_smoothing", 0.0))
+    if name == "mse":
+        return nn.MSELoss()
+    if name == "huber":
+        return nn.HuberLoss()
+    raise ValueError(f"recipe.json: unknown loss {name!r}")
+
+
+def make_optimizer(parameters: Any, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    name, lr, wd = cfg["name"], cfg["lr"], cfg.get("weight_decay", 0.0)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=cfg.get("momentum", 0.0), weight_decay=wd, nesterov=True)
+    raise ValueError(f"recipe.json: unknown optimizer {name!r}")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: dict[str, Any], total_steps: int, epochs: int) -> dict | None:
+    name = cfg["name"]
+    if name == "none":
+        return None
+    if name == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=opt.param_groups[0]["lr"], total_steps=total_steps)
+        return {"scheduler": sched, "interval": "step"}
+    if name == "cosine":
+        return {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1)), "interval": "epoch"}
+    if name == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg["step_size"], gamma=cfg["gamma"])
+        return {"scheduler": sched, "interval": "epoch"}
+    raise ValueError(f"recipe.json: unknown scheduler {name!r}")
+
+
+def random_shift(x: Tensor, max_shift: int = 1) -> Tensor:
+    """Shift each image by up to ``max_shift`` pixels (background-padded, not wrapped)."""
+    n, _, h, w = x.shape
+    s = max_shift
+    padded = F.pad(x, (s, s, s, s), value=float(x.amin()))
+    dy = torch.randint(0, 2 * s + 1, (n,))
+    dx = torch.randint(0, 2 * s + 1, (n,))
+    out = torch.empty_like(x)
+    for oy in range(2 * s + 1):
+        for ox in range(2 * s + 1):
+            sel = (dy == oy) & (dx == ox)
+            if sel.any():
+                out[sel] = padded[sel, :, oy:oy + h, ox:ox + w]
+    return out
+
+
+class LitModel(L.LightningModule):
+    """Trains ``net`` with the loss/optimizer/scheduler of a recipe.json dict."""
+
+    def __init__(self, net: nn.Module, recipe: dict[str, Any], epochs: int, augment: bool = False) -> None:
+        super().__init__()
+        self.net = net
+        self.recipe = recipe
+        self.epochs = epochs
+        self.augment = augment
+        self.classification = recipe["task"] == "classification"
+        self.loss_fn = make_loss(recipe["loss"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        if stage == "train" and self.augment and x.ndim == 4:
+            x = random_shift(x)
+        out = self.net(x)
+        if self.classification:
+            loss = self.loss_fn(out, y)
+            self.log(f"{stage}_acc", (out.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+        else:
+            out = out.squeeze(-1)
+            loss = self.loss_fn(out, y)
+            self.log(f"{stage}_mae", (out - y).abs().mean(), on_step=False, on_epoch=True)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def configure_optimizers(self) -> Any:
+        opt = make_optimizer(self.parameters(), self.recipe["optimizer"])
+        sched = make_scheduler(opt, self.recipe["scheduler"], int(self.trainer.estimated_stepping_batches), self.epochs)
+        return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}

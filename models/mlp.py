@@ -1,0 +1,38 @@
+"""Multi-layer perceptron over flattened inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from models.registry import register_model
+
+
+@register_model("mlp")
+class MLP(nn.Module):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_outputs: int,
+        hidden: Sequence[int] = (256, 128),
+        dropout: float = 0.1,
+        batchnorm: bool = True,
+    ) -> None:
+        super().__init__()
+        if not hidden or any(h < 1 for h in hidden):
+            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, h)]
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(h))
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, num_outputs))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,0 +1,72 @@
+"""Architecture registry (timm style): ``@register_model`` on a family, ``create_model(name, ...)``.
+
+Torch-free on purpose: steps that only validate names import this without paying for torch.
+Adding an architecture is adding one module to ``FAMILIES`` with a decorated class in it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+# One module per family; imported on first use so that importing the registry stays cheap.
+FAMILIES = ("models.mlp", "models.cnn")
+
+_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+
+class ModelError(ValueError):
+    """Unknown architecture or bad architecture kwargs; names the params key at fault."""
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_families() -> None:
+    for module in FAMILIES:
+        importlib.import_module(module)
+
+
+def list_models() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def get_model_class(name: str) -> Callable[..., Any]:
+    _load_families()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(f"model.name: unknown architecture {name!r} (valid: {', '.join(sorted(_REGISTRY))})") from None
+
+
+def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``ModelError`` naming ``model.kwargs.<key>`` if the architecture does not take it."""
+    sig = inspect.signature(get_model_class(name))
+    fixed = {"input_shape", "num_outputs"}
+    accepted = [p for p in sig.parameters if p not in fixed]
+    for key in kwargs:
+        if key in fixed:
+            raise ModelError(f"model.kwargs.{key}: set from the data, not from params")
+        if key not in accepted:
+            raise ModelError(
+                f"model.kwargs.{key}: {name!r} takes no such argument (valid: {', '.join(accepted)})"
+            )
+
+
+def create_model(name: str, input_shape: Sequence[int], num_outputs: int, **kwargs: Any) -> Any:
+    """Build architecture ``name`` for inputs of ``input_shape`` (no batch axis)."""
+    check_kwargs(name, kwargs)
+    try:
+        return get_model_class(name)(input_shape=tuple(input_shape), num_outputs=num_outputs, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model.kwargs: {name!r} rejected {kwargs}: {exc}") from None

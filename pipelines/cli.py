@@ -1,0 +1,48 @@
+"""The thin ``main()`` shared by the step modules: parse paths, load params, log, call ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from models.registry import ModelError
+from pipelines.files import DataError
+from pipelines.logs import setup_logging
+from pipelines.params import ParamsError, load_params
+
+log = logging.getLogger(__name__)
+
+
+def step_main(
+    run: Callable[..., dict[str, Any]], paths: Sequence[str], argv: Sequence[str] | None = None
+) -> None:
+    """Entry point of ``python -m pipelines.<step> --params P --<path-name> DIR ...``.
+
+    ``paths`` are the keyword names of ``run``'s path arguments; dvc.yaml passes each one, so
+    dvc.yaml stays the only place where paths are written. User errors (bad params, bad data,
+    unknown architecture) print one line naming the culprit and exit 2, no traceback.
+    """
+    spec = getattr(sys.modules[run.__module__], "__spec__", None)
+    module = spec.name if spec else run.__module__  # "pipelines.x", also when run as __main__
+    step = module.rsplit(".", 1)[-1]
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=run.__doc__)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    for name in paths:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True)
+    args = parser.parse_args(argv)
+    setup_logging()
+    started = time.perf_counter()
+    try:
+        params = load_params(args.params)
+        summary = run(params, **{name: getattr(args, name) for name in paths})
+    except (ParamsError, DataError, ModelError) as exc:
+        log.error("%s failed: %s", step, exc)
+        sys.exit(2)
+    log.info("%s done in %.2fs", step, time.perf_counter() - started)
+    print(json.dumps(summary, default=str))

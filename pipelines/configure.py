@@ -1,0 +1,98 @@
+"""Step 4 — configure: task-aware loss, class weights, optimizer, lr (optionally found), scheduler."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.cli import step_main
+from pipelines.files import load_arrays, read_json, staged_outputs, write_json
+from pipelines.params import OptimParams, Params, ParamsError, section_dict
+
+log = logging.getLogger(__name__)
+
+
+def choose_loss(p: OptimParams, task: str, y_train: np.ndarray, num_classes: int) -> dict[str, Any]:
+    if p.loss == "auto":
+        name = "cross_entropy" if task == "classification" else "mse"
+        why = f"auto: {name} is the maximum-likelihood loss for {task}"
+    else:
+        name, why = p.loss, "set in params (optim.loss)"
+    if (name == "cross_entropy") != (task == "classification"):
+        raise ParamsError(f"optim.loss: {name!r} does not fit a {task} task")
+    loss: dict[str, Any] = {"name": name, "why": why, "class_weights": None}
+    if task == "classification":
+        loss["label_smoothing"] = p.label_smoothing
+        if p.class_weights == "balanced":
+            counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
+            if (counts == 0).any():
+                raise ParamsError(f"optim.class_weights: class(es) {np.flatnonzero(counts == 0).tolist()} "
+                                  "are absent from the train split")
+            weights = len(y_train) / (num_classes * counts)  # sklearn's 'balanced' formula
+            loss["class_weights"] = [round(float(w), 6) for w in weights]
+            loss["class_weights_why"] = "balanced: n_samples / (n_classes * count) on the train split"
+    elif p.class_weights != "none":
+        raise ParamsError("optim.class_weights: only applies to classification")
+    return loss
+
+
+def find_lr(params: Params, split_dir: Path, spec: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
+    """Lightning's learning-rate range test (imports lightning: only paid when ``optim.lr: auto``)."""
+    import lightning as L
+    from lightning.pytorch.tuner import Tuner
+
+    from pipelines.train import build_model, make_loaders
+
+    L.seed_everything(params.train.seed, workers=True, verbose=False)
+    train_dl, val_dl = make_loaders(split_dir, params.train.batch_size, params.train.seed)
+    probe = dict(recipe, optimizer=dict(recipe["optimizer"], lr=1e-3), scheduler={"name": "none"})
+    lit = build_model(spec, probe, params.train.epochs, augment=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, max_epochs=1)
+    result = Tuner(trainer).lr_find(lit, train_dataloaders=train_dl, val_dataloaders=val_dl,
+                                    min_lr=1e-5, max_lr=1.0, num_training=100, update_attr=False)
+    suggestion = result.suggestion() if result is not None else None
+    if suggestion is None:
+        raise ParamsError("optim.lr: 'auto' could not find a learning rate (loss curve too flat); set a number")
+    return {"lr": float(suggestion), "lr_source": "lr_finder",
+            "lr_why": "Lightning lr_find: steepest descent of the loss over 100 steps in [1e-5, 1]"}
+
+
+def run(params: Params, split_dir: Path, design_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Write ``recipe.json``: what loss/optimizer/lr/scheduler was chosen, and why."""
+    p = params.optim
+    split = read_json(Path(split_dir) / "split.json")
+    spec = read_json(Path(design_dir) / "model_spec.json")
+    y_train = load_arrays(Path(split_dir) / "train.npz", "y")["y"]
+    task = split["task"]
+    recipe: dict[str, Any] = {
+        "task": task,
+        "params": section_dict(p),
+        "loss": choose_loss(p, task, y_train, spec["num_outputs"]),
+        "optimizer": {"name": p.optimizer, "lr": p.lr, "lr_source": "params", "weight_decay": p.weight_decay},
+        "scheduler": {"name": p.scheduler},
+    }
+    if p.optimizer == "sgd":
+        recipe["optimizer"]["momentum"] = p.momentum
+    if p.scheduler == "step":
+        recipe["scheduler"].update(step_size=p.step_size, gamma=p.gamma)
+    if p.scheduler == "onecycle":
+        recipe["scheduler"]["why"] = "one-cycle: warm-up then anneal, the lr above is the peak"
+    if p.lr == "auto":
+        recipe["optimizer"].update(find_lr(params, Path(split_dir), spec, recipe))
+    with staged_outputs(out_dir) as tmp:
+        write_json(tmp / "recipe.json", recipe)
+    log.info("loss %s, %s lr=%.3g (%s), scheduler %s", recipe["loss"]["name"], p.optimizer,
+             recipe["optimizer"]["lr"], recipe["optimizer"]["lr_source"], p.scheduler)
+    return {"loss": recipe["loss"]["name"], "lr": recipe["optimizer"]["lr"]}
+
+
+def main() -> None:
+    step_main(run, ["split_dir", "design_dir", "out_dir"])
+
+
+if __name__ == "__main__":
+    main()

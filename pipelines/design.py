@@ -1,0 +1,62 @@
+"""Step 3 — design: build the architecture named in params for the data's shape, dry-run it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipelines.cli import step_main
+from pipelines.data import load_split
+from pipelines.files import read_json, staged_outputs, write_json
+from pipelines.params import Params
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Write ``model_spec.json``: arch + kwargs, input/output signature, parameter count."""
+    from models.registry import check_kwargs, create_model
+
+    check_kwargs(params.model.name, params.model.kwargs)  # fail on a typo before paying for torch
+    import torch
+
+    split = read_json(Path(split_dir) / "split.json")
+    input_shape = split["input_shape"]
+    task = split["task"]
+    num_outputs = len(split["classes"]) if task == "classification" else 1
+    net = create_model(params.model.name, input_shape, num_outputs, **params.model.kwargs)
+
+    X, _ = load_split(Path(split_dir), "train")
+    batch = torch.from_numpy(X[:2])
+    net.eval()
+    with torch.no_grad():
+        out = net(batch)
+    expected = (len(batch), num_outputs)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"{params.model.name}: dry run produced {tuple(out.shape)}, expected {expected}")
+    spec = {
+        "arch": params.model.name,
+        "kwargs": params.model.kwargs,
+        "task": task,
+        "input": {"name": "input", "shape": [-1, *input_shape], "dtype": "float32"},
+        "output": {"name": "logits" if task == "classification" else "prediction",
+                   "shape": [-1, num_outputs], "dtype": "float32"},
+        "num_outputs": num_outputs,
+        "classes": split.get("classes"),
+        "param_count": sum(p.numel() for p in net.parameters()),
+        "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "dry_run": {"batch": len(batch), "output_shape": list(out.shape), "finite": bool(torch.isfinite(out).all())},
+    }
+    with staged_outputs(out_dir) as tmp:
+        write_json(tmp / "model_spec.json", spec)
+    log.info("%s: %d parameters, output %s", spec["arch"], spec["param_count"], spec["output"]["shape"])
+    return {"arch": spec["arch"], "param_count": spec["param_count"]}
+
+
+def main() -> None:
+    step_main(run, ["split_dir", "out_dir"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""params.yaml -> frozen dataclasses, one per section.
+
+Strict on purpose (nanoGPT's configurator style): an unknown section or key, a missing key or a
+value of the wrong type raises ``ParamsError`` naming the dotted key. No untyped dict travels past
+this loader except ``model.kwargs``, which the model registry checks against the architecture's
+signature (``models.registry.create_model``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+DEFAULT_PATH = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the dotted key at fault."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: str = "sklearn:digits"
+    task: Literal["classification", "regression"] = "classification"
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 42
+    stratify: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("val_fraction", "test_fraction"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ParamsError(f"split.{key}: must be in (0, 1), got {getattr(self, key)}")
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ParamsError("split.val_fraction + split.test_fraction: must be < 1")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    name: str = "cnn"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimParams:
+    loss: Literal["auto", "cross_entropy", "mse", "huber"] = "auto"
+    class_weights: Literal["none", "balanced"] = "none"
+    label_smoothing: float = 0.0
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: Union[float, Literal["auto"]] = 0.003
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    scheduler: Literal["none", "cosine", "step", "onecycle"] = "none"
+    step_size: int = 10
+    gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.lr != "auto" and not self.lr > 0:
+            raise ParamsError(f"optim.lr: must be > 0 or 'auto', got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ParamsError(f"optim.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 20
+    batch_size: int = 64
+    patience: int = 5
+    seed: int = 7
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    num_threads: int = 1
+    augment: bool = False
+    experiment: str = "dlops"
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "patience", "num_threads"):
+            if getattr(self, key) < 1:
+                raise ParamsError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    min_accuracy: float = 0.9
+    baselines: tuple[Literal["logreg", "svc", "knn", "gboost"], ...] = ("logreg", "svc")
+
+
+@dataclass(frozen=True)
+class DeployParams:
+    model_name: str = "dlops"
+    parity_atol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    optim: OptimParams = field(default_factory=OptimParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    deploy: DeployParams = field(default_factory=DeployParams)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (lists become tuples)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value in args and type(value) is type(args[args.index(value)]):
+            return value
+        raise ParamsError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, key)
+            except ParamsError as exc:
+                errors.append(_type_name(arg))
+        raise ParamsError(f"{key}: expected {' or '.join(errors)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ParamsError(f"{key}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ParamsError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{prefix}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ParamsError(
+            f"{prefix}.{unknown[0]}: unknown key (valid keys in '{prefix}': {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name in names & set(raw):
+        key = f"{prefix}.{name}"
+        if dataclasses.is_dataclass(hints[name]):
+            kwargs[name] = _build(hints[name], raw[name], key)
+        else:
+            kwargs[name] = _coerce(raw[name], hints[name], key)
+    return cls(**kwargs)
+
+
+def parse_params(raw: Any) -> Params:
+    """Build ``Params`` from an already-parsed mapping (e.g. from ``yaml.safe_load``)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params: expected a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name for f in dataclasses.fields(Params)}
+    unknown = sorted(set(raw) - sections)
+    if unknown:
+        raise ParamsError(f"{unknown[0]}: unknown section (valid: {', '.join(sorted(sections))})")
+    hints = typing.get_type_hints(Params)
+    return Params(**{name: _build(hints[name], raw.get(name), name) for name in sections})
+
+
+def load_params(path: str | Path = DEFAULT_PATH) -> Params:
+    """Load and validate params.yaml; errors name the file and the dotted key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return parse_params(raw)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """A section as plain JSON-able data (tuples become lists)."""
+    return dataclasses.asdict(section, dict_factory=lambda kv: {k: list(v) if isinstance(v, tuple) else v for k, v in kv})

@@ -1,0 +1,74 @@
+"""MLflow set-up, done at the entrypoint of the steps that log (never at import).
+
+Default tracking store: an *absolute* sqlite path in the project root, so that experiments run
+by ``dvc exp run --temp/--queue`` in a throw-away copy under ``.dvc/tmp/exps/`` still log into the
+project's own database. ``MLFLOW_TRACKING_URI`` overrides it (e.g. a tracking server).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+_EXP_TMP = (".dvc", "tmp", "exps")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project directory, seen through DVC's temporary experiment workspaces."""
+    path = (start or Path.cwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - len(_EXP_TMP)):
+        if parts[i:i + len(_EXP_TMP)] == _EXP_TMP:
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(start: Path | None = None) -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{project_root(start) / DB_NAME}"
+
+
+def default_artifact_location(experiment: str, start: Path | None = None) -> str | None:
+    """Artifacts beside the default sqlite store; None lets a configured server decide."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (project_root(start) / ARTIFACTS_DIR / experiment).as_uri()
+
+
+def get_client() -> Any:
+    """An ``MlflowClient`` on the resolved tracking URI (imports mlflow: ~6 s cold)."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def ensure_experiment(client: Any, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_location(name))
+
+
+def git_sha(cwd: Path | None = None) -> str:
+    """HEAD of the repository (the experiment's own commit inside a DVC temp workspace)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def flatten(prefix: str, obj: Any) -> dict[str, str]:
+    """Nested params as ``a.b.c -> str`` pairs for ``log_batch``."""
+    if isinstance(obj, dict):
+        out: dict[str, str] = {}
+        for k, v in obj.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: str(obj)}

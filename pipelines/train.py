@@ -1,0 +1,169 @@
+"""Step 5 — train: Lightning Trainer, early stopping, best checkpoint, everything logged to MLflow."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.lit import LitModel
+from models.registry import create_model
+from pipelines import tracking
+from pipelines.cli import step_main
+from pipelines.data import load_split
+from pipelines.files import read_json, staged_outputs, write_json
+from pipelines.params import Params, section_dict
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "model.pt"
+
+
+def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
+    """Train (shuffled with a seeded generator) and val loaders over the preprocessed splits."""
+    split = read_json(Path(split_dir) / "split.json")
+    target_dtype = torch.long if split["task"] == "classification" else torch.float32
+    loaders = []
+    for name in ("train", "val"):
+        X, y = load_split(split_dir, name)
+        ds = TensorDataset(torch.from_numpy(X), torch.as_tensor(y, dtype=target_dtype))
+        gen = torch.Generator().manual_seed(seed)
+        loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=name == "train", generator=gen))
+    return loaders[0], loaders[1]
+
+
+def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int, augment: bool) -> LitModel:
+    net = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"], **spec["kwargs"])
+    return LitModel(net, recipe, epochs=epochs, augment=augment)
+
+
+class EpochLogger(Callback):
+    """Collects per-epoch metrics and sends each epoch to MLflow in one ``log_batch`` call."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.history: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from mlflow.entities import Metric
+
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: float(v) for k, v in sorted(trainer.callback_metrics.items())})
+        row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self.history.append(row)
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, row["epoch"]) for k, v in row.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+
+
+def _run_tags(split: dict[str, Any], split_dir: Path, design_dir: Path, configure_dir: Path) -> dict[str, str]:
+    sha = tracking.git_sha()
+    return {
+        "mlflow.source.git.commit": sha,
+        "git_sha": sha,
+        "data_hash": split["data_hash"],
+        "split_hashes": ",".join(f"{k}:{v[:12]}" for k, v in split["hashes"].items()),
+        "dvc.inputs": ",".join(str(p) for p in (split_dir, design_dir, configure_dir)),
+        "dvc.stage": "train",
+        "task": split["task"],
+    }
+
+
+def _save_best(lit: LitModel, best_path: str, spec: dict[str, Any], out: Path) -> None:
+    """Write the best weights with arch name + kwargs, loadable with ``torch.load(weights_only=True)``."""
+    if best_path:
+        state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+        lit.load_state_dict(state)
+    torch.save({"arch": spec["arch"], "kwargs": spec["kwargs"], "input_shape": spec["input"]["shape"][1:],
+                "num_outputs": spec["num_outputs"], "task": spec["task"],
+                "state_dict": lit.net.state_dict()}, out)
+
+
+def _write_curves(history: list[dict[str, float]], path: Path) -> None:
+    keys = sorted({k for row in history for k in row} - {"epoch"})
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", *keys])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Train the designed network with the configured recipe; write checkpoint, curves, run id."""
+    p = params.train
+    split_dir, design_dir, configure_dir = Path(split_dir), Path(design_dir), Path(configure_dir)
+    spec = read_json(design_dir / "model_spec.json")
+    recipe = read_json(configure_dir / "recipe.json")
+    split = read_json(split_dir / "split.json")
+    torch.set_num_threads(p.num_threads)
+    L.seed_everything(p.seed, workers=True, verbose=False)
+    train_dl, val_dl = make_loaders(split_dir, p.batch_size, p.seed)
+    lit = build_model(spec, recipe, p.epochs, p.augment)
+
+    client = tracking.get_client()
+    exp_id = tracking.ensure_experiment(client, p.experiment)
+    mlrun = client.create_run(exp_id, tags=_run_tags(split, split_dir, design_dir, configure_dir))
+    run_id = mlrun.info.run_id
+    try:
+        summary = _fit(params, lit, spec, recipe, split, train_dl, val_dl, client, run_id, out_dir)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+    return summary
+
+
+def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, Any], split: dict[str, Any],
+         train_dl: DataLoader, val_dl: DataLoader, client: Any, run_id: str, out_dir: Path) -> dict[str, Any]:
+    from mlflow.entities import Param
+
+    p = params.train
+    logged = {**tracking.flatten("train", section_dict(p)), **tracking.flatten("model", {"arch": spec["arch"], **spec["kwargs"]}),
+              **tracking.flatten("optim", recipe["params"]), **tracking.flatten("split", split["params"]),
+              "optim.lr_used": str(recipe["optimizer"]["lr"]), "optim.lr_source": recipe["optimizer"]["lr_source"],
+              "loss": recipe["loss"]["name"], "param_count": str(spec["param_count"]),
+              **{f"split.size.{k}": str(v) for k, v in split["sizes"].items()}}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in logged.items()], synchronous=True)
+
+    epoch_logger = EpochLogger(client, run_id)
+    with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir, staged_outputs(out_dir) as tmp:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_loss", mode="min", save_top_k=1, filename="best")
+        trainer = L.Trainer(
+            max_epochs=p.epochs, accelerator=p.accelerator, devices=1, deterministic=True, logger=False,
+            callbacks=[EarlyStopping("val_loss", patience=p.patience, mode="min"), checkpoint, epoch_logger],
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        )
+        started = time.perf_counter()
+        trainer.fit(lit, train_dl, val_dl)
+        fit_seconds = time.perf_counter() - started
+        _save_best(lit, checkpoint.best_model_path, spec, tmp / CHECKPOINT)
+        _write_curves(epoch_logger.history, tmp / "curves.csv")
+        best = min(epoch_logger.history, key=lambda r: r["val_loss"])
+        info = {"run_id": run_id, "experiment": p.experiment, "tracking_uri": tracking.tracking_uri(),
+                "epochs_run": len(epoch_logger.history), "best_epoch": int(best["epoch"]),
+                "best_val_loss": best["val_loss"], "best_val_acc": best.get("val_acc"),
+                "stopped_early": trainer.early_stopping_callback.stopped_epoch > 0,
+                "fit_seconds": round(fit_seconds, 3)}
+        write_json(tmp / "run.json", info)
+        for name in (CHECKPOINT, "curves.csv"):
+            client.log_artifact(run_id, str(tmp / name))
+    client.log_metric(run_id, "fit_seconds", info["fit_seconds"])
+    client.set_tag(run_id, "dvc.outputs", f"{out_dir}/{CHECKPOINT},{out_dir}/curves.csv,{out_dir}/run.json")
+    log.info("trained %d epochs in %.2fs; best val_loss %.4f at epoch %d; MLflow run %s",
+             info["epochs_run"], fit_seconds, info["best_val_loss"], info["best_epoch"], run_id)
+    return {"run_id": run_id, "best_val_loss": info["best_val_loss"], "fit_seconds": info["fit_seconds"]}
+
+
+def main() -> None:
+    step_main(run, ["split_dir", "design_dir", "configure_dir", "out_dir"])
+
+
+if __name__ == "__main__":
+    main()
