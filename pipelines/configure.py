@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ def find_lr(params: Params, split_dir: Path, spec: dict[str, Any], recipe: dict[
     train_dl, val_dl = make_loaders(split_dir, params.train.batch_size, params.train.seed)
     probe = dict(recipe, optimizer=dict(recipe["optimizer"], lr=1e-3), scheduler={"name": "none"})
     lit = build_model(spec, probe, params.train.epochs, augment=False)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, max_epochs=1)
-    result = Tuner(trainer).lr_find(lit, train_dataloaders=train_dl, val_dataloaders=val_dl,
-                                    min_lr=1e-5, max_lr=1.0, num_training=100, update_attr=False)
+    with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:  # lr_find writes a checkpoint there
+        trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)
+        # early_stop_threshold=None: on small data one noisy batch would end the sweep after a few steps
+        result = Tuner(trainer).lr_find(lit, train_dataloaders=train_dl, val_dataloaders=val_dl, min_lr=1e-5,
+                                        max_lr=1.0, num_training=100, early_stop_threshold=None, update_attr=False)
     suggestion = result.suggestion() if result is not None else None
     if suggestion is None:
         raise ParamsError("optim.lr: 'auto' could not find a learning rate (loss curve too flat); set a number")

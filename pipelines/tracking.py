@@ -42,10 +42,22 @@ def default_artifact_location(experiment: str, start: Path | None = None) -> str
 
 
 def get_client() -> Any:
-    """An ``MlflowClient`` on the resolved tracking URI (imports mlflow: ~6 s cold)."""
+    """An ``MlflowClient`` on the resolved tracking URI (imports mlflow: ~6 s cold).
+
+    Creating a client on a new sqlite file runs MLflow's schema migrations; two stages doing that
+    at once (``dvc exp run --queue -j 2``) corrupt the alembic version table, so it is serialised
+    with a lock file beside the database.
+    """
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=120):
+        return MlflowClient(tracking_uri=uri)
 
 
 def ensure_experiment(client: Any, name: str) -> str:

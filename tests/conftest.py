@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny params, real digits data through collect+split, an isolated MLflow store."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+TINY = {
+    "train": {"epochs": 2, "batch_size": 128, "patience": 2, "augment": False, "experiment": "dlops-test"},
+    "model": {"name": "cnn", "kwargs": {"channels": [8, 16], "hidden": 32, "dropout": 0.1}},
+    "optim": {"scheduler": "none", "lr": 0.003},
+    "evaluate": {"min_accuracy": 0.5, "baselines": ["logreg"]},
+}
+
+
+def make_params(**sections: dict) -> Params:
+    """TINY params with per-section overrides merged in."""
+    raw = {k: dict(v) for k, v in TINY.items()}
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return parse_params(raw)
+
+
+@pytest.fixture()
+def tiny_params() -> Params:
+    return make_params()
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real sqlite-backed MLflow store private to the test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real bundled digits dataset, collected and split once per session."""
+    from pipelines import collect, split
+
+    base = tmp_path_factory.mktemp("digits")
+    params = make_params()
+    collect.run(params, base / "collect")
+    split.run(params, base / "collect", base / "split")
+    return base / "split"
+
+
+@pytest.fixture()
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: the venv first on PATH, no inherited MLflow URI."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@localhost")
+    return env

@@ -1,0 +1,79 @@
+"""train + evaluate on the real digits split with a real sqlite-backed MLflow store."""
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipelines import configure, design, evaluate, train
+from tests.conftest import make_params
+
+
+@pytest.fixture()
+def trained(tmp_path, digits_split, mlflow_uri):
+    params = make_params(train={"epochs": 3, "patience": 5})
+    design.run(params, digits_split, tmp_path / "design")
+    configure.run(params, digits_split, tmp_path / "design", tmp_path / "configure")
+    summary = train.run(params, digits_split, tmp_path / "design", tmp_path / "configure", tmp_path / "train")
+    return params, tmp_path, summary
+
+
+def test_train_logs_everything_to_mlflow(trained, mlflow_uri):
+    params, tmp, summary = trained
+    run_info = json.loads((tmp / "train" / "run.json").read_text())
+    assert run_info["run_id"] == summary["run_id"] and run_info["tracking_uri"] == mlflow_uri
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "3" and run.data.params["model.arch"] == "cnn"
+    assert run.data.params["optim.optimizer"] == "adamw" and "split.seed" in run.data.params
+    assert len(run.data.tags["data_hash"]) == 64 and run.data.tags["git_sha"]
+    assert run.data.tags["dvc.outputs"].endswith("train/run.json")
+    for key in ("train_loss", "val_loss", "train_acc", "val_acc"):
+        history = client.get_metric_history(summary["run_id"], key)
+        assert [m.step for m in history] == list(range(run_info["epochs_run"])), key
+    artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
+    assert {"model.pt", "curves.csv"} <= artifacts
+    curves = (tmp / "train" / "curves.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,") and len(curves) == run_info["epochs_run"] + 1
+
+
+def test_checkpoint_carries_arch_and_loads_weights_only(trained):
+    _, tmp, _ = trained
+    ckpt = torch.load(tmp / "train" / "model.pt", weights_only=True)
+    assert ckpt["arch"] == "cnn" and ckpt["kwargs"]["channels"] == [8, 16] and ckpt["num_outputs"] == 10
+    net = evaluate.load_network(tmp / "train" / "model.pt")
+    assert net(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_evaluate_metrics_baselines_plots_gate(trained, digits_split, mlflow_uri):
+    params, tmp, summary = trained
+    result = evaluate.run(params, digits_split, tmp / "train", tmp / "evaluate")
+    metrics = json.loads((tmp / "evaluate" / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
+    assert metrics["test_rows"] == 359
+    assert set(metrics["baselines"]) == {"logreg"} and metrics["baselines"]["logreg"]["accuracy"] > 0.9
+    assert metrics["best_baseline"] == "logreg"
+    gate = json.loads((tmp / "evaluate" / "gate.json").read_text())
+    assert gate["passed"] == result["gate"] == (metrics["accuracy"] >= 0.5) and "min_accuracy" in gate["reason"]
+    rows = (tmp / "evaluate" / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == 360
+    report = json.loads((tmp / "evaluate" / "report.json").read_text())
+    assert set(map(str, range(10))) <= set(report)
+    assert (tmp / "evaluate" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert "baseline_logreg_accuracy" in run.data.metrics and run.data.tags["gate"] in ("pass", "fail")
+    logged = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(summary["run_id"], "evaluate")}
+    assert "evaluate/confusion.png" in logged
+
+
+def test_gate_fails_below_threshold(trained, digits_split):
+    _, tmp, _ = trained
+    strict = make_params(evaluate={"min_accuracy": 1.0, "baselines": []})
+    evaluate.run(strict, digits_split, tmp / "train", tmp / "evaluate")
+    gate = json.loads((tmp / "evaluate" / "gate.json").read_text())
+    metrics = json.loads((tmp / "evaluate" / "metrics.json").read_text())
+    assert gate["passed"] is (metrics["accuracy"] >= 1.0) and gate["threshold"] == 1.0
+    assert metrics["baselines"] == {} and "best_baseline" not in metrics
