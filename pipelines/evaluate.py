@@ -104,6 +104,7 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
     classes = split["classes"]
     metrics: dict[str, Any] = classification_metrics(y_test, pred)
     metrics["test_rows"] = int(len(y_test))
+    metrics["fit_seconds"] = run_info["fit_seconds"]  # beside the baselines' own, for "is it worth it?"
     metrics["baselines"] = run_baselines(params.evaluate.baselines, split_dir, X_test, y_test)
     best_name = max(metrics["baselines"], key=lambda n: metrics["baselines"][n]["accuracy"], default=None)
     if best_name:
@@ -143,7 +144,11 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, Any], gate: dict[str, Any], f
     for name, res in metrics["baselines"].items():
         values.update({f"baseline_{name}_{k}": res[k] for k in ("accuracy", "macro_f1")})
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
-                     tags=[RunTag("gate", "pass" if gate["passed"] else "fail")], synchronous=True)
+                     tags=[RunTag("gate", "pass" if gate["passed"] else "fail"), RunTag("gate.reason", gate["reason"]),
+                           # tags, not params: evaluate re-runs on the same training run when only
+                           # the evaluate section changes, and MLflow params cannot change value
+                           *(RunTag(f"evaluate.{k}", str(v)) for k, v in gate["params"].items())],
+                     synchronous=True)
     for name in ("metrics.json", "report.json", "gate.json", "confusion.png"):
         client.log_artifact(run_id, str(files / name), artifact_path="evaluate")
 

@@ -74,6 +74,7 @@ def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
     preprocess = fit_preprocess(X[parts["train"]], prof["kind"])
     summary: dict[str, Any] = {
         "params": section_dict(params.split),
+        "data_params": prof["params"],
         "stratified": stratify,
         "sizes": {k: int(len(v)) for k, v in parts.items()},
         "data_hash": prof["data_hash"],

@@ -125,11 +125,18 @@ def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, 
     from mlflow.entities import Param
 
     p = params.train
-    logged = {**tracking.flatten("train", section_dict(p)), **tracking.flatten("model", {"arch": spec["arch"], **spec["kwargs"]}),
-              **tracking.flatten("optim", recipe["params"]), **tracking.flatten("split", split["params"]),
-              "optim.lr_used": str(recipe["optimizer"]["lr"]), "optim.lr_source": recipe["optimizer"]["lr_source"],
-              "loss": recipe["loss"]["name"], "param_count": str(spec["param_count"]),
-              **{f"split.size.{k}": str(v) for k, v in split["sizes"].items()}}
+    logged = {
+        **tracking.flatten("data", split["data_params"]),
+        **tracking.flatten("split", split["params"]),
+        **tracking.flatten("model", {"arch": spec["arch"], **spec["kwargs"]}),
+        **tracking.flatten("optim", recipe["params"]),
+        **tracking.flatten("train", section_dict(p)),
+        "optim.lr_used": str(recipe["optimizer"]["lr"]),
+        "optim.lr_source": recipe["optimizer"]["lr_source"],
+        "loss": recipe["loss"]["name"],
+        "param_count": str(spec["param_count"]),
+        **{f"split.size.{k}": str(v) for k, v in split["sizes"].items()},
+    }
     client.log_batch(run_id, params=[Param(k, v) for k, v in logged.items()], synchronous=True)
 
     epoch_logger = EpochLogger(client, run_id)

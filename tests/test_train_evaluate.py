@@ -77,3 +77,12 @@ def test_gate_fails_below_threshold(trained, digits_split):
     metrics = json.loads((tmp / "evaluate" / "metrics.json").read_text())
     assert gate["passed"] is (metrics["accuracy"] >= 1.0) and gate["threshold"] == 1.0
     assert metrics["baselines"] == {} and "best_baseline" not in metrics
+
+
+def test_evaluate_params_are_tags_so_reruns_on_the_same_run_work(trained, digits_split, mlflow_uri):
+    _, tmp, summary = trained
+    for threshold in (0.5, 0.9):  # only the evaluate section changed: same training run twice
+        evaluate.run(make_params(evaluate={"min_accuracy": threshold}), digits_split, tmp / "train", tmp / "evaluate")
+    run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
+    assert run.data.tags["evaluate.min_accuracy"] == "0.9"
+    assert run.data.params["data.source"] == "sklearn:digits"
