@@ -98,6 +98,15 @@ class EvaluateParams:
 class DeployParams:
     model_name: str = "dlops"
     parity_atol: float = 1e-4
+    parity_batch_sizes: tuple[int, ...] = (1, 7, 64)
+    register: bool = True       # MLflow Model Registry version + alias
+    build_bento: bool = True    # `bentoml build` of serving/ with this model
+
+    def __post_init__(self) -> None:
+        if not self.parity_batch_sizes or min(self.parity_batch_sizes) < 1:
+            raise ParamsError(f"deploy.parity_batch_sizes: need positive batch sizes, got {self.parity_batch_sizes}")
+        if self.parity_atol <= 0:
+            raise ParamsError(f"deploy.parity_atol: must be > 0, got {self.parity_atol}")
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
         "task": prof["task"],
         "kind": prof["kind"],
         "input_shape": list(X.shape[1:]),
+        "value_range": prof["value_range"],
     }
     if prof["task"] == "classification":
         summary["classes"] = prof["classes"]

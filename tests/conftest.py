@@ -18,6 +18,7 @@ TINY = {
     "model": {"name": "cnn", "kwargs": {"channels": [8, 16], "hidden": 32, "dropout": 0.1}},
     "optim": {"scheduler": "none", "lr": 0.003},
     "evaluate": {"min_accuracy": 0.5, "baselines": ["logreg"]},
+    "deploy": {"build_bento": False, "model_name": "dlops-test"},
 }
 
 
@@ -40,6 +41,17 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def train_tiny(params: Params, split_dir: Path, workdir: Path) -> dict:
+    """design -> configure -> train -> evaluate into ``workdir``; returns the train summary."""
+    from pipelines import configure, design, evaluate, train
+
+    design.run(params, split_dir, workdir / "design")
+    configure.run(params, split_dir, workdir / "design", workdir / "configure")
+    summary = train.run(params, split_dir, workdir / "design", workdir / "configure", workdir / "train")
+    evaluate.run(params, split_dir, workdir / "train", workdir / "evaluate")
+    return summary
 
 
 @pytest.fixture(scope="session")

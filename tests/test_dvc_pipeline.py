@@ -47,7 +47,7 @@ def mlflow_runs(db: Path) -> int:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC repo with the project's code, dvc.yaml and tiny params, committed."""
     repo = tmp_path_factory.mktemp("project")
-    for name in ("pipelines", "models", "dvc.yaml", ".gitignore"):
+    for name in ("pipelines", "models", "serving", "dvc.yaml", ".gitignore", ".dvcignore"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -76,7 +76,7 @@ def test_repro_then_noop_then_partial_reruns(repo: Path, env: dict[str, str]) ->
     sh(["git", "init", "-q"], repo, env)
     dvc(repo, env, "init", "-q")
     first = dvc(repo, env, "repro")
-    assert stages_run(first) == ["collect", "split", "design", "configure", "train", "evaluate"]
+    assert stages_run(first) == ["collect", "split", "design", "configure", "train", "evaluate", "deploy"]
     assert (repo / "artifacts" / "evaluate" / "metrics.json").exists()
     assert mlflow_runs(repo / "mlflow.db") == 1
     assert "accuracy" in dvc(repo, env, "metrics", "show")
@@ -86,10 +86,10 @@ def test_repro_then_noop_then_partial_reruns(repo: Path, env: dict[str, str]) ->
     assert stages_run(dvc(repo, env, "repro")) == []
 
     set_param(repo, "train", "epochs", 1)
-    assert stages_run(dvc(repo, env, "repro")) == ["train", "evaluate"]
+    assert stages_run(dvc(repo, env, "repro")) == ["train", "evaluate", "deploy"]
 
     set_param(repo, "split", "seed", 3)
-    assert stages_run(dvc(repo, env, "repro")) == ["split", "design", "configure", "train", "evaluate"]
+    assert stages_run(dvc(repo, env, "repro")) == ["split", "design", "configure", "train", "evaluate", "deploy"]
     assert mlflow_runs(repo / "mlflow.db") == 3
     sh(["git", "checkout", "--", "params.yaml", "dvc.lock"], repo, env)
     dvc(repo, env, "checkout", "-q")
@@ -98,7 +98,7 @@ def test_repro_then_noop_then_partial_reruns(repo: Path, env: dict[str, str]) ->
 def test_temp_experiment_logs_into_project_mlflow(repo: Path, env: dict[str, str]) -> None:
     before = mlflow_runs(repo / "mlflow.db")
     out = dvc(repo, env, "exp", "run", "--temp", "-S", "train.seed=11")  # a value not in the run-cache
-    assert stages_run(out)[-2:] == ["train", "evaluate"]
+    assert stages_run(out)[-3:] == ["train", "evaluate", "deploy"]
     assert mlflow_runs(repo / "mlflow.db") == before + 1
     assert not list((repo / ".dvc").rglob("mlflow.db"))  # nothing left in the throw-away copy
     with sqlite3.connect(repo / "mlflow.db") as con:

@@ -1,0 +1,189 @@
+"""Step 7 — deploy: ONNX export + parity gate, MLflow registry (champion/challenger), Bento build."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import tracking
+from pipelines.cli import step_main
+from pipelines.files import DataError, read_json, sha256_file, staged_outputs, write_json
+from pipelines.params import DeployParams, Params, section_dict
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+class DeployError(DataError):
+    """The exported model failed a check (parity, shape); the message carries the numbers."""
+
+
+def parity_report(session: Any, torch_model: Any, X: np.ndarray, batch_sizes: tuple[int, ...], atol: float) -> dict:
+    """ONNX Runtime vs PyTorch over all of ``X`` at each batch size: max/mean |diff|, label agreement."""
+    import torch
+
+    with torch.no_grad():
+        reference = torch_model(torch.from_numpy(X)).numpy()
+    results = []
+    for bs in batch_sizes:
+        out = np.concatenate([session.run(None, {"input": X[i:i + bs]})[0] for i in range(0, len(X), bs)])
+        diff = np.abs(out - reference)
+        results.append({"batch_size": bs, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                        "label_agreement": float((out.argmax(1) == reference.argmax(1)).mean())})
+    worst = max(r["max_abs_diff"] for r in results)
+    agreement = min(r["label_agreement"] for r in results)
+    return {"rows": int(len(X)), "atol": atol, "max_abs_diff": worst,
+            "mean_abs_diff": float(np.mean([r["mean_abs_diff"] for r in results])),
+            "label_agreement": agreement, "passed": worst <= atol and agreement == 1.0, "by_batch_size": results}
+
+
+def choose_alias(gate_passed: bool, value: float, champion_value: float | None, metric: str) -> tuple[str, str]:
+    """TFX-style blessing: champion only if the gate passed and the metric is not worse."""
+    if not gate_passed:
+        return CHALLENGER, f"evaluate gate failed ({metric} {value:.4f} below evaluate.min_accuracy)"
+    if champion_value is None:
+        return CHAMPION, "gate passed and there is no current champion"
+    if value >= champion_value:
+        return CHAMPION, f"gate passed and {metric} {value:.4f} >= current champion's {champion_value:.4f}"
+    return CHALLENGER, f"gate passed but {metric} {value:.4f} < current champion's {champion_value:.4f}"
+
+
+def current_champion(client: Any, name: str, metric: str) -> tuple[str | None, float | None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:  # no such model or no such alias yet
+        return None, None
+    value = mv.tags.get(f"test_{metric}")
+    return str(mv.version), float(value) if value is not None else None
+
+
+def register(p: DeployParams, onnx_path: Path, draft_manifest: Path, run_id: str, gate: dict, metrics: dict,
+             X_example: np.ndarray, logits_example: np.ndarray) -> dict[str, Any]:
+    """Log the ONNX model to the training run, register a version, set its alias."""
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    client = tracking.get_client()
+    metric = gate["metric"]
+    champ_version, champ_value = current_champion(client, p.model_name, metric)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)), name="onnx-model", registered_model_name=p.model_name,
+            signature=infer_signature(X_example, logits_example), pip_requirements=["onnxruntime", "numpy"],
+            save_as_external_data=False, extra_files=[str(draft_manifest)],
+            onnx_execution_providers=["CPUExecutionProvider"], await_registration_for=60,
+        )
+    version = str(info.registered_model_version)
+    value = float(metrics[metric])
+    alias, reason = choose_alias(bool(gate["passed"]), value, champ_value, metric)
+    client.set_model_version_tag(p.model_name, version, f"test_{metric}", str(value))
+    client.set_model_version_tag(p.model_name, version, "gate", "pass" if gate["passed"] else "fail")
+    client.set_model_version_tag(p.model_name, version, "alias_reason", reason)
+    client.set_registered_model_alias(p.model_name, alias, version)
+    log.info("registered %s version %s as %s: %s", p.model_name, version, alias, reason)
+    return {"version": version, "alias": alias, "alias_reason": reason, "previous_champion": champ_version,
+            "model_uri": f"models:/{p.model_name}/{version}"}
+
+
+def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Export, check, register and package the evaluated model."""
+    from pipelines.data import load_split
+    from pipelines.evaluate import load_network
+    from pipelines.export import INPUT_NAME, OUTPUT_NAME, Deployable, export_onnx
+    from serving.runtime import make_session
+
+    p = params.deploy
+    split_dir, train_dir, evaluate_dir = Path(split_dir), Path(train_dir), Path(evaluate_dir)
+    split = read_json(split_dir / "split.json")
+    run_info = read_json(train_dir / "run.json")
+    gate = read_json(evaluate_dir / "gate.json")
+    metrics = read_json(evaluate_dir / "metrics.json")
+    preprocess = read_json(split_dir / "preprocess.json")
+    net = load_network(train_dir / "model.pt")
+    input_shape = split["input_shape"]
+    model = Deployable(net, preprocess, input_shape).eval()
+    X_test, _ = load_split(split_dir, "test", preprocess=False)
+    X_test = X_test.astype(np.float32)
+
+    with staged_outputs(out_dir) as tmp:
+        started = time.perf_counter()
+        export = export_onnx(model, input_shape, tmp / "model.onnx")
+        export["seconds"] = round(time.perf_counter() - started, 2)
+        parity = parity_report(make_session(tmp / "model.onnx"), model, X_test, p.parity_batch_sizes, p.parity_atol)
+        parity["export"] = export
+        write_json(tmp / "parity.json", parity)
+        if not parity["passed"]:
+            raise DeployError(
+                f"parity gate failed: max |onnx - torch| = {parity['max_abs_diff']:.3g} (deploy.parity_atol "
+                f"{p.parity_atol:g}), label agreement {parity['label_agreement']:.4%} over {parity['rows']} test rows")
+        manifest = {
+            "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
+            "onnx_file": "model.onnx", "onnx_sha256": sha256_file(tmp / "model.onnx"),
+            "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
+            "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1")}, "gate": gate["passed"],
+            "task": split["task"],
+            "input": {"name": INPUT_NAME, "shape": [-1, *input_shape], "dtype": "float32",
+                      "value_range": split.get("value_range")},
+            "output": {"name": OUTPUT_NAME, "shape": [-1, len(split["classes"])], "dtype": "float32"},
+            "classes": split["classes"], "bento_tag": None,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "params": section_dict(p),
+        }
+        write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
+        if p.register:
+            logits = make_session(tmp / "model.onnx").run(None, {INPUT_NAME: X_test[:2]})[0]
+            manifest.update(register(p, tmp / "model.onnx", tmp / "manifest.json", run_info["run_id"], gate,
+                                     metrics, X_test[:2], logits))
+        write_json(tmp / "manifest.json", manifest)
+    if p.build_bento:
+        try:
+            manifest["bento_tag"] = build_bento(Path(out_dir))
+        except Exception:
+            for name in ("model.onnx", "parity.json", "manifest.json"):  # no partial outputs
+                (Path(out_dir) / name).unlink(missing_ok=True)
+            raise
+        write_json(Path(out_dir) / "manifest.json.tmp", manifest)
+        os.replace(Path(out_dir) / "manifest.json.tmp", Path(out_dir) / "manifest.json")
+    log.info("deployed %s v%s as %s; parity max |diff| %.2e; bento %s", p.model_name, manifest.get("version"),
+             manifest.get("alias"), parity["max_abs_diff"], manifest["bento_tag"])
+    return {"version": manifest.get("version"), "alias": manifest.get("alias"), "bento_tag": manifest["bento_tag"],
+            "max_abs_diff": parity["max_abs_diff"]}
+
+
+def build_bento(model_dir: Path) -> str:
+    """``bentoml build`` over a clean context: serving/ + this model's files as artifacts/deploy/.
+
+    The Bento's copy of manifest.json cannot hold its own tag; the deploy output's copy does.
+    """
+    import shutil
+    import tempfile
+
+    from serving.build import build_bento as bentoml_build
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
+        ctx_path = Path(ctx)
+        shutil.copytree(root / "serving", ctx_path / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+        (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
+        for name in ("model.onnx", "manifest.json"):
+            shutil.copy(model_dir / name, ctx_path / "artifacts" / "deploy" / name)
+        return bentoml_build(ctx_path, None)
+
+
+def main() -> None:
+    step_main(run, ["split_dir", "train_dir", "evaluate_dir", "out_dir"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""deploy: ONNX export + parity gate, and champion/challenger promotion in a real MLflow registry."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines import deploy
+from pipelines.deploy import CHALLENGER, CHAMPION, DeployError, choose_alias
+from pipelines.files import write_json
+from tests.conftest import make_params, train_tiny
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits_split):
+    """One tiny trained + evaluated model and its own sqlite MLflow store for the module."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+        train_tiny(make_params(), digits_split, tmp)
+        yield tmp
+
+
+@pytest.fixture()
+def registry(workdir, monkeypatch):
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return MlflowClient(uri)
+
+
+def test_choose_alias():
+    assert choose_alias(True, 0.9, None, "accuracy")[0] == CHAMPION
+    assert choose_alias(True, 0.9, 0.9, "accuracy")[0] == CHAMPION
+    alias, why = choose_alias(True, 0.8, 0.9, "accuracy")
+    assert alias == CHALLENGER and "0.8000 < current champion's 0.9000" in why
+    alias, why = choose_alias(False, 0.99, None, "accuracy")
+    assert alias == CHALLENGER and "gate failed" in why
+
+
+def _deploy(workdir, digits_split, name, out="deploy", **overrides):
+    params = make_params(deploy={"model_name": name, **overrides})
+    return deploy.run(params, digits_split, workdir / "train", workdir / "evaluate", workdir / out)
+
+
+def _set_eval(workdir, accuracy, passed):
+    metrics = json.loads((workdir / "evaluate" / "metrics.json").read_text())
+    gate = json.loads((workdir / "evaluate" / "gate.json").read_text())
+    metrics["accuracy"], gate["passed"], gate["value"] = accuracy, passed, accuracy
+    write_json(workdir / "evaluate" / "metrics.json", metrics)
+    write_json(workdir / "evaluate" / "gate.json", gate)
+
+
+def test_export_parity_manifest_and_first_champion(workdir, digits_split, registry):
+    _set_eval(workdir, 0.95, True)
+    summary = _deploy(workdir, digits_split, "digits-a")
+    out = workdir / "deploy"
+    model = onnx.load(str(out / "model.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 8, 8]  # dynamic batch, fixed image
+    assert not list(out.glob("*.data"))  # one self-contained file
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["max_abs_diff"] <= 1e-4 and parity["label_agreement"] == 1.0
+    assert [r["batch_size"] for r in parity["by_batch_size"]] == [1, 7, 64] and parity["rows"] == 359
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["alias"] == summary["alias"] == CHAMPION and manifest["version"] == "1"
+    assert manifest["input"]["shape"] == [-1, 1, 8, 8] and manifest["input"]["value_range"] == [0.0, 16.0]
+    assert manifest["classes"] == [str(i) for i in range(10)] and len(manifest["onnx_sha256"]) == 64
+    run_id = json.loads((workdir / "train" / "run.json").read_text())["run_id"]
+    assert manifest["run_id"] == run_id
+    mv = registry.get_model_version_by_alias("digits-a", CHAMPION)
+    assert str(mv.version) == "1" and mv.run_id == run_id and mv.tags["test_accuracy"] == "0.95"
+
+
+def test_worse_model_becomes_challenger_better_takes_over(workdir, digits_split, registry):
+    _set_eval(workdir, 0.95, True)
+    _deploy(workdir, digits_split, "digits-b")
+    _set_eval(workdir, 0.90, True)
+    worse = _deploy(workdir, digits_split, "digits-b")
+    assert worse["alias"] == CHALLENGER
+    assert str(registry.get_model_version_by_alias("digits-b", CHAMPION).version) == "1"
+    assert str(registry.get_model_version_by_alias("digits-b", CHALLENGER).version) == "2"
+    reason = json.loads((workdir / "deploy" / "manifest.json").read_text())["alias_reason"]
+    assert "0.9000 < current champion's 0.9500" in reason
+    _set_eval(workdir, 0.97, False)
+    assert _deploy(workdir, digits_split, "digits-b")["alias"] == CHALLENGER  # gate failed: never champion
+    _set_eval(workdir, 0.97, True)
+    assert _deploy(workdir, digits_split, "digits-b")["alias"] == CHAMPION
+    assert str(registry.get_model_version_by_alias("digits-b", CHAMPION).version) == "4"
+
+
+def test_parity_failure_fails_the_stage_without_outputs(workdir, digits_split, registry):
+    with pytest.raises(DeployError, match=r"parity gate failed: max \|onnx - torch\| = .* label agreement"):
+        _deploy(workdir, digits_split, "digits-c", out="deploy-strict", parity_atol=1e-12)
+    assert not (workdir / "deploy-strict").exists()
+    with pytest.raises(Exception):
+        registry.get_registered_model("digits-c")  # nothing was registered
