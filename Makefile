@@ -36,3 +36,9 @@ ui: install
 
 clean:
 	rm -rf artifacts mlflow.db mlartifacts .dvc/tmp/exps
+
+# BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
+# DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion serve another model.
+.PHONY: serve
+serve: install
+	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:DigitsClassifier --host 127.0.0.1 --port 3000

@@ -1,0 +1,93 @@
+"""A small untrained model directory that honours the deploy contract, for tests and benchmarks.
+
+Imports torch and the exporter, so it is not part of the bento (see serving/bentofile.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from serving.model import MANIFEST, sha256_file
+
+
+def build_demo_model(out_dir: Path, seed: int = 0) -> Path:
+    """Export a tiny CNN (preprocessing baked in) and write its manifest.json; ~10 s."""
+    import torch
+
+    from models.registry import create_model
+    from pipelines.export import Deployable, export_onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    net = create_model("cnn", (1, 8, 8), 10, channels=[8, 16], hidden=32)
+    deployable = Deployable(net, {"kind": "standardize_global", "mean": 4.9, "std": 6.0}, [1, 8, 8])
+    export_onnx(deployable, [1, 8, 8], out_dir / "model.onnx")
+    manifest = {
+        "model_name": "dlops-digits-demo", "version": "7", "alias": "champion",
+        "alias_reason": "demo model for tests", "onnx_file": "model.onnx",
+        "onnx_sha256": sha256_file(out_dir / "model.onnx"), "run_id": "demo-run", "data_hash": "demo-data",
+        "git_sha": "demo-sha", "metrics": {"accuracy": 0.1, "macro_f1": 0.1}, "task": "classification",
+        "input": {"name": "input", "shape": [-1, 1, 8, 8], "dtype": "float32", "value_range": [0.0, 16.0]},
+        "output": {"name": "logits", "shape": [-1, 10], "dtype": "float32"},
+        "classes": [str(i) for i in range(10)], "bento_tag": None, "created_at": "2025-01-01T00:00:00+00:00",
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model_dir: Path, port: int, bentoml_home: Path, log_path: Path,
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``bentoml serve`` of the service on 127.0.0.1:port in its own process group (for killpg)."""
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "DLOPS_MODEL_DIR": str(model_dir),
+           "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
+    env.pop("DLOPS_MODEL_URI", None)
+    root = Path(__file__).resolve().parents[1]
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", "serving.service:DigitsClassifier",
+           "--host", "127.0.0.1", "--port", str(port)]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> float:
+    """Poll /readyz until 200; raise if the server exits or the timeout passes. Returns seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bentoml serve exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/readyz not ready after {timeout} s")
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM the server's process group (arbiter + workers), SIGKILL if it lingers."""
+
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)

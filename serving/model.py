@@ -1,0 +1,121 @@
+"""Find and load the deployed model: an ONNX file plus its manifest.json (no torch, no pickles).
+
+Where the model comes from is configuration, never code:
+
+- ``DLOPS_MODEL_URI`` (e.g. ``models:/dlops-digits@champion``): download from the MLflow Model
+  Registry (mlflow is imported only in this mode);
+- else ``DLOPS_MODEL_DIR``: a directory holding ``manifest.json`` and the ONNX file it names;
+- else ``artifacts/deploy`` under the current directory (the project root, or a built bento).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path("artifacts") / "deploy"
+MANIFEST = "manifest.json"
+REQUIRED_KEYS = ("model_name", "version", "alias", "onnx_file", "onnx_sha256", "run_id", "data_hash",
+                 "git_sha", "metrics", "input", "output", "classes")
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory, manifest or ONNX file does not match the deploy contract."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    session: Any  # onnxruntime.InferenceSession
+    manifest: dict[str, Any]
+    source: str  # where it was loaded from, for logs and /metadata
+
+    @property
+    def input_name(self) -> str:
+        return self.manifest["input"]["name"]
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for a float32 batch shaped like the manifest's input."""
+        from serving.runtime import softmax
+
+        (logits,) = self.session.run([self.manifest["output"]["name"]], {self.input_name: images})
+        return softmax(logits.astype(np.float64)).astype(np.float32)
+
+
+def resolve_model_dir(env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """The directory to load from and a description of its source (downloads in registry mode)."""
+    env = dict(os.environ) if env is None else env
+    uri = env.get("DLOPS_MODEL_URI")
+    if uri:
+        return _download_from_registry(uri), uri
+    model_dir = Path(env.get("DLOPS_MODEL_DIR") or DEFAULT_MODEL_DIR).resolve()
+    return model_dir, str(model_dir)
+
+
+def _download_from_registry(uri: str) -> Path:
+    import mlflow
+
+    target = Path(tempfile.mkdtemp(prefix="dlops-model-"))
+    logger.info("downloading %s into %s", uri, target)
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    manifests = sorted(root.rglob(MANIFEST)) if root.is_dir() else []
+    if not manifests:
+        raise ModelLoadError(f"{uri}: no {MANIFEST} in the downloaded artifacts ({root})")
+    return manifests[0].parent
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: not found (run the deploy stage, or set DLOPS_MODEL_DIR / "
+                             "DLOPS_MODEL_URI)") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: invalid JSON: {exc}") from None
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise ModelLoadError(f"{path}: missing keys {missing}")
+    shape = manifest["input"].get("shape")
+    if manifest["input"].get("dtype") != "float32" or not isinstance(shape, list) or len(shape) < 2:
+        raise ModelLoadError(f"{path}: input must be float32 with a batch axis, got {manifest['input']}")
+    return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(env: dict[str, str] | None = None) -> LoadedModel:
+    """Resolve, verify (manifest keys, ONNX sha256, input/output names) and open a session."""
+    from serving.runtime import make_session
+
+    model_dir, source = resolve_model_dir(env)
+    manifest = read_manifest(model_dir)
+    onnx_path = model_dir / manifest["onnx_file"]
+    if not onnx_path.is_file():
+        raise ModelLoadError(f"{onnx_path}: ONNX file named by {model_dir / MANIFEST} not found")
+    digest = sha256_file(onnx_path)
+    if digest != manifest["onnx_sha256"]:
+        raise ModelLoadError(f"{onnx_path}: sha256 {digest} != manifest onnx_sha256 {manifest['onnx_sha256']}")
+    session = make_session(onnx_path)
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != [manifest["input"]["name"]] or manifest["output"]["name"] not in outputs:
+        raise ModelLoadError(f"{onnx_path}: graph inputs {inputs} / outputs {outputs} do not match the manifest")
+    logger.info("loaded %s version %s (%s) from %s", manifest["model_name"], manifest["version"],
+                manifest["alias"], source)
+    return LoadedModel(session=session, manifest=manifest, source=source)
