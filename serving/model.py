@@ -62,15 +62,41 @@ def resolve_model_dir(env: dict[str, str] | None = None) -> tuple[Path, str]:
 
 
 def _download_from_registry(uri: str) -> Path:
+    """Download a registered model version; deploy logged it with mlflow.onnx (``model.onnx`` at
+    the root) and ``manifest.json`` as an extra file. Returns a dir holding both, with the
+    manifest's ``version``/``alias`` filled from the registry (unknown when it was logged)."""
     import mlflow
 
     target = Path(tempfile.mkdtemp(prefix="dlops-model-"))
     logger.info("downloading %s into %s", uri, target)
     root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-    manifests = sorted(root.rglob(MANIFEST)) if root.is_dir() else []
+    manifests = sorted(root.rglob(MANIFEST), key=lambda p: len(p.parts)) if root.is_dir() else []
     if not manifests:
         raise ModelLoadError(f"{uri}: no {MANIFEST} in the downloaded artifacts ({root})")
-    return manifests[0].parent
+    manifest = json.loads(manifests[0].read_text())
+    onnx_files = sorted(root.rglob(manifest.get("onnx_file", "model.onnx")), key=lambda p: len(p.parts))
+    if not onnx_files:
+        raise ModelLoadError(f"{uri}: no {manifest.get('onnx_file')} in the downloaded artifacts ({root})")
+    model_dir = onnx_files[0].parent
+    manifest.update(_registry_identity(uri))
+    (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return model_dir
+
+
+def _registry_identity(uri: str) -> dict[str, Any]:
+    """``version``/``alias`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
+    if not uri.startswith("models:/"):
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    ref = uri.removeprefix("models:/").rstrip("/")
+    client = MlflowClient()
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return {"version": str(client.get_model_version_by_alias(name, alias).version), "alias": alias}
+    name, _, version = ref.partition("/")
+    aliases = client.get_model_version(name, version).aliases
+    return {"version": version, "alias": aliases[0] if aliases else None}
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:

@@ -98,3 +98,18 @@ def test_parity_failure_fails_the_stage_without_outputs(workdir, digits_split, r
     assert not (workdir / "deploy-strict").exists()
     with pytest.raises(Exception):
         registry.get_registered_model("digits-c")  # nothing was registered
+
+
+def test_service_loads_champion_from_registry(workdir, digits_split, registry, monkeypatch):
+    """serving's registry mode: models:/name@champion -> the ONNX + manifest deploy registered."""
+    from serving.model import load_model
+
+    _set_eval(workdir, 0.95, True)
+    _deploy(workdir, digits_split, "digits-r")
+    monkeypatch.setenv("DLOPS_MODEL_URI", "models:/digits-r@champion")
+    loaded = load_model()
+    assert loaded.manifest["version"] == "1" and loaded.manifest["alias"] == CHAMPION
+    local = json.loads((workdir / "deploy" / "manifest.json").read_text())
+    assert loaded.manifest["onnx_sha256"] == local["onnx_sha256"]  # the same bytes as exported
+    X = np.random.default_rng(0).uniform(0, 16, (3, 1, 8, 8)).astype(np.float32)
+    assert loaded.predict_proba(X).shape == (3, 10)
