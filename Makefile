@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-fast ui clean
+.PHONY: install run test test-fast ui serve flow clean
 
 install: $(STAMP)
 
@@ -34,11 +34,14 @@ ui: install
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlartifacts --host 127.0.0.1 --port 5000 --workers 1
 
+# The same seven steps as a Prefect flow (ephemeral Prefect API, PREFECT_HOME=.prefect).
+flow: install
+	$(BIN)/python -m pipelines.flow
+
 clean:
-	rm -rf artifacts mlflow.db mlartifacts .dvc/tmp/exps
+	rm -rf artifacts mlflow.db mlflow.db.lock mlartifacts .prefect .dvc/tmp/exps
 
 # BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
 # DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion serve another model.
-.PHONY: serve
 serve: install
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:DigitsClassifier --host 127.0.0.1 --port 3000

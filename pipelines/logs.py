@@ -10,6 +10,6 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    # the ONNX exporter's optimiser passes log every rewrite at INFO
-    for noisy in ("onnxscript", "onnx_ir", "torch.onnx"):
+    # the ONNX exporter's optimiser logs every rewrite, Prefect's client every HTTP call, at INFO
+    for noisy in ("onnxscript", "onnx_ir", "torch.onnx", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
