@@ -120,7 +120,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
         started = time.perf_counter()
         export = export_onnx(model, input_shape, tmp / "model.onnx")
         export["seconds"] = round(time.perf_counter() - started, 2)
-        parity = parity_report(make_session(tmp / "model.onnx"), model, X_test, p.parity_batch_sizes, p.parity_atol)
+        session = make_session(tmp / "model.onnx")
+        parity = parity_report(session, model, X_test, p.parity_batch_sizes, p.parity_atol)
         parity["export"] = export
         write_json(tmp / "parity.json", parity)
         if not parity["passed"]:
@@ -142,7 +143,7 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
         }
         write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
         if p.register:
-            logits = make_session(tmp / "model.onnx").run(None, {INPUT_NAME: X_test[:2]})[0]
+            logits = session.run(None, {INPUT_NAME: X_test[:2]})[0]
             manifest.update(register(p, tmp / "model.onnx", tmp / "manifest.json", run_info["run_id"], gate,
                                      metrics, X_test[:2], logits))
         write_json(tmp / "manifest.json", manifest)

@@ -46,7 +46,7 @@ def _collect_dir(tmp_path, X, y):
     d.mkdir()
     save_arrays(d / "data.npz", X=X, y=y)
     write_json(d / "profile.json", {"task": "classification", "kind": "image", "classes": ["0", "1"],
-                                    "data_hash": "x", "params": {}})
+                                    "data_hash": "x", "params": {}, "value_range": None})
     return d
 
 
