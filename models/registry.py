@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # One module per family; imported on first use so that importing the registry stays cheap.
-FAMILIES = ("models.mlp", "models.cnn")
+FAMILIES = ("models.mlp", "models.cnn", "models.tabular")
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
@@ -49,10 +49,14 @@ def get_model_class(name: str) -> Callable[..., Any]:
         raise ModelError(f"model.name: unknown architecture {name!r} (valid: {', '.join(sorted(_REGISTRY))})") from None
 
 
+# Arguments that come from the data (model_spec.json / the checkpoint), never from params.
+DATA_ARGS = frozenset({"input_shape", "num_outputs", "cardinalities"})
+
+
 def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
     """Raise ``ModelError`` naming ``model.kwargs.<key>`` if the architecture does not take it."""
     sig = inspect.signature(get_model_class(name))
-    fixed = {"input_shape", "num_outputs"}
+    fixed = DATA_ARGS
     accepted = [p for p in sig.parameters if p not in fixed]
     for key in kwargs:
         if key in fixed:
@@ -63,10 +67,18 @@ def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
             )
 
 
-def create_model(name: str, input_shape: Sequence[int], num_outputs: int, **kwargs: Any) -> Any:
-    """Build architecture ``name`` for inputs of ``input_shape`` (no batch axis)."""
+def create_model(name: str, input_shape: Sequence[int], num_outputs: int,
+                 data_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Build architecture ``name`` for inputs of ``input_shape`` (no batch axis).
+
+    ``data_args`` are other facts about the data (e.g. ``cardinalities`` of categorical columns);
+    each is passed only to architectures whose constructor takes it.
+    """
     check_kwargs(name, kwargs)
+    cls = get_model_class(name)
+    accepted = inspect.signature(cls).parameters
+    extra = {k: v for k, v in (data_args or {}).items() if k in accepted}
     try:
-        return get_model_class(name)(input_shape=tuple(input_shape), num_outputs=num_outputs, **kwargs)
+        return cls(input_shape=tuple(input_shape), num_outputs=num_outputs, **extra, **kwargs)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model.kwargs: {name!r} rejected {kwargs}: {exc}") from None

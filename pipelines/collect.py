@@ -1,4 +1,10 @@
-"""Step 1 — collect: load the configured source, validate it, write the dataset and its profile."""
+"""Step 1 — collect: load the configured source, validate it, write the dataset and its profile.
+
+Arrays (images) -> ``data.npz`` (X, y) + ``profile.json``. Tables -> ``data.parquet`` (the kept
+feature columns in their original order, numeric as float64 and categorical as the pandas
+``string`` dtype, then the target: class-label text or float64) + ``profile.json`` (per-column
+types and stats, dropped columns and why, target summary, data hash); see ``pipelines.tabular``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import numpy as np
 from pipelines.cli import step_main
 from pipelines.files import save_arrays, sha256_arrays, staged_outputs, write_json
 from pipelines.params import Params, section_dict
-from pipelines.sources import Dataset, load_source, validate_dataset
+from pipelines.sources import Dataset, Table, load_source, validate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +51,35 @@ def profile(ds: Dataset, task: str, checks: list[str]) -> dict[str, Any]:
 
 
 def run(params: Params, out_dir: Path) -> dict[str, Any]:
-    """Load ``data.source``, validate it and write ``data.npz`` + ``profile.json`` to ``out_dir``."""
-    ds = load_source(params.data)
-    checks = validate_dataset(ds, params.data.task)
-    prof = profile(ds, params.data.task, checks)
+    """Load ``data.source``, validate it and write the dataset + ``profile.json`` to ``out_dir``."""
+    loaded = load_source(params.data)
+    if isinstance(loaded, Table):
+        return _run_table(loaded, params, out_dir)
+    ds = loaded
+    # Array sources are classification unless told otherwise (digits refuses regression itself).
+    task = "classification" if params.data.task == "auto" else params.data.task
+    checks = validate_dataset(ds, task)
+    prof = profile(ds, task, checks)
     prof["params"] = section_dict(params.data)
     with staged_outputs(out_dir) as tmp:
-        X, y = ds.X, ds.y.astype(np.int64 if params.data.task == "classification" else np.float32)
+        X, y = ds.X, ds.y.astype(np.int64 if task == "classification" else np.float32)
         save_arrays(tmp / "data.npz", X=X, y=y)
         write_json(tmp / "profile.json", prof)
     log.info("collected %d rows from %s (%s)", prof["rows"], ds.origin, ", ".join(checks))
+    return {"rows": prof["rows"], "data_hash": prof["data_hash"]}
+
+
+def _run_table(table: Table, params: Params, out_dir: Path) -> dict[str, Any]:
+    from pipelines.tabular import prepare_table, table_profile  # pandas only for tables
+
+    prep = prepare_table(table, params.data)
+    prof = table_profile(prep, params.data)
+    with staged_outputs(out_dir) as tmp:
+        prep.frame.to_parquet(tmp / "data.parquet", engine="pyarrow", index=False)
+        write_json(tmp / "profile.json", prof)
+    log.info("collected %d rows x %d features from %s: task %s, dropped %s (%s)", prof["rows"],
+             len(prep.kinds), table.origin, prep.task, [d["name"] for d in prep.dropped] or "none",
+             ", ".join(prep.checks))
     return {"rows": prof["rows"], "data_hash": prof["data_hash"]}
 
 

@@ -25,6 +25,8 @@ def fit_preprocess(X_train: np.ndarray, kind: str) -> dict[str, Any]:
 
 def apply_preprocess(X: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     X = X.astype(np.float32)
+    if state["kind"] == "tabular":  # transformed in split by the fitted ColumnTransformer
+        return X
     if state["kind"] == "standardize_global":
         return (X - np.float32(state["mean"])) / np.float32(state["std"])
     if state["kind"] == "standardize_columns":
@@ -42,3 +44,8 @@ def load_split(split_dir: Path, name: str, preprocess: bool = True) -> tuple[np.
     if preprocess:
         X = apply_preprocess(X, read_json(Path(split_dir) / "preprocess.json"))
     return X, arrays["y"]
+
+
+def target_scaler(split_dir: Path) -> dict[str, float] | None:
+    """Train-split mean/std of a regression target (the network learns the standardised target)."""
+    return read_json(Path(split_dir) / "preprocess.json").get("target_scaler")

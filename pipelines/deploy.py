@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,23 +26,33 @@ class DeployError(DataError):
     """The exported model failed a check (parity, shape); the message carries the numbers."""
 
 
-def parity_report(session: Any, torch_model: Any, X: np.ndarray, batch_sizes: tuple[int, ...], atol: float) -> dict:
-    """ONNX Runtime vs PyTorch over all of ``X`` at each batch size: max/mean |diff|, label agreement."""
+def parity_check(session: Any, reference: np.ndarray, feeds: Callable[[slice], dict[str, np.ndarray]],
+                  batch_sizes: tuple[int, ...], atol: float, scale: float = 1.0, labels: bool = True) -> dict:
+    """ONNX Runtime vs PyTorch (``reference``) over all rows at each batch size: max/mean |diff|
+    (divided by ``scale``: a regression target's std, so ``atol`` means the same at any unit) and
+    agreement of predicted labels."""
+    n = len(reference)
+    results = []
+    for bs in batch_sizes:
+        out = np.concatenate([session.run(None, feeds(slice(i, i + bs)))[0] for i in range(0, n, bs)])
+        diff = np.abs(out - reference) / scale
+        agreement = float((out.argmax(1) == reference.argmax(1)).mean()) if labels else None
+        results.append({"batch_size": bs, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+                        "label_agreement": agreement})
+    worst = max(r["max_abs_diff"] for r in results)
+    agreement = min(r["label_agreement"] for r in results) if labels else None
+    return {"rows": int(n), "atol": atol, "scale": scale, "max_abs_diff": worst,
+            "mean_abs_diff": float(np.mean([r["mean_abs_diff"] for r in results])), "label_agreement": agreement,
+            "passed": worst <= atol and agreement in (None, 1.0), "by_batch_size": results}
+
+
+def parity_report(session: Any, model: Any, X: np.ndarray, batch_sizes: tuple[int, ...], atol: float) -> dict:
+    """Parity for a model whose graph input is one array ``input`` (images, flat features)."""
     import torch
 
     with torch.no_grad():
-        reference = torch_model(torch.from_numpy(X)).numpy()
-    results = []
-    for bs in batch_sizes:
-        out = np.concatenate([session.run(None, {"input": X[i:i + bs]})[0] for i in range(0, len(X), bs)])
-        diff = np.abs(out - reference)
-        results.append({"batch_size": bs, "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-                        "label_agreement": float((out.argmax(1) == reference.argmax(1)).mean())})
-    worst = max(r["max_abs_diff"] for r in results)
-    agreement = min(r["label_agreement"] for r in results)
-    return {"rows": int(len(X)), "atol": atol, "max_abs_diff": worst,
-            "mean_abs_diff": float(np.mean([r["mean_abs_diff"] for r in results])),
-            "label_agreement": agreement, "passed": worst <= atol and agreement == 1.0, "by_batch_size": results}
+        reference = model(torch.from_numpy(X)).numpy()
+    return parity_check(session, reference, lambda s: {"input": X[s]}, batch_sizes, atol)
 
 
 def choose_alias(gate_passed: bool, value: float, champion_value: float | None, metric: str) -> tuple[str, str]:
@@ -67,7 +78,7 @@ def current_champion(client: Any, name: str, metric: str) -> tuple[str | None, f
 
 
 def register(p: DeployParams, onnx_path: Path, draft_manifest: Path, run_id: str, gate: dict, metrics: dict,
-             X_example: np.ndarray, logits_example: np.ndarray) -> dict[str, Any]:
+             X_example: Any, logits_example: np.ndarray) -> dict[str, Any]:
     """Log the ONNX model to the training run, register a version, set its alias."""
     import mlflow
     import onnx
@@ -98,10 +109,7 @@ def register(p: DeployParams, onnx_path: Path, draft_manifest: Path, run_id: str
 
 def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Export, check, register and package the evaluated model."""
-    from pipelines.data import load_split
     from pipelines.evaluate import load_network
-    from pipelines.export import INPUT_NAME, OUTPUT_NAME, Deployable, export_onnx
-    from serving.runtime import make_session
 
     p = params.deploy
     split_dir, train_dir, evaluate_dir = Path(split_dir), Path(train_dir), Path(evaluate_dir)
@@ -111,41 +119,31 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
     metrics = read_json(evaluate_dir / "metrics.json")
     preprocess = read_json(split_dir / "preprocess.json")
     net = load_network(train_dir / "model.pt")
-    input_shape = split["input_shape"]
-    model = Deployable(net, preprocess, input_shape).eval()
-    X_test, _ = load_split(split_dir, "test", preprocess=False)
-    X_test = X_test.astype(np.float32)
 
     with staged_outputs(out_dir) as tmp:
         started = time.perf_counter()
-        export = export_onnx(model, input_shape, tmp / "model.onnx")
-        export["seconds"] = round(time.perf_counter() - started, 2)
-        session = make_session(tmp / "model.onnx")
-        parity = parity_report(session, model, X_test, p.parity_batch_sizes, p.parity_atol)
-        parity["export"] = export
+        if split["kind"] == "tabular":
+            parity, schema = _export_tabular(p, net, split_dir, split, preprocess, tmp)
+        else:
+            parity, schema = _export_array(p, net, split_dir, split, preprocess, tmp)
+        parity["export"]["seconds"] = round(time.perf_counter() - started, 2)
+        example = parity.pop("signature_example")
         write_json(tmp / "parity.json", parity)
-        if not parity["passed"]:
-            raise DeployError(
-                f"parity gate failed: max |onnx - torch| = {parity['max_abs_diff']:.3g} (deploy.parity_atol "
-                f"{p.parity_atol:g}), label agreement {parity['label_agreement']:.4%} over {parity['rows']} test rows")
         manifest = {
             "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
             "onnx_file": "model.onnx", "onnx_sha256": sha256_file(tmp / "model.onnx"),
             "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
-            "metrics": {k: metrics[k] for k in ("accuracy", "macro_f1")}, "gate": gate["passed"],
-            "task": split["task"],
-            "input": {"name": INPUT_NAME, "shape": [-1, *input_shape], "dtype": "float32",
-                      "value_range": split.get("value_range")},
-            "output": {"name": OUTPUT_NAME, "shape": [-1, len(split["classes"])], "dtype": "float32"},
-            "classes": split["classes"], "bento_tag": None,
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
+            "gate": gate["passed"], "decision_threshold": gate.get("decision_threshold"),
+            "task": split["task"], "kind": split["kind"], "target": split.get("target"), **schema,
+            "classes": split.get("classes"), "bento_tag": None,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "params": section_dict(p),
         }
         write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
         if p.register:
-            logits = session.run(None, {INPUT_NAME: X_test[:2]})[0]
             manifest.update(register(p, tmp / "model.onnx", tmp / "manifest.json", run_info["run_id"], gate,
-                                     metrics, X_test[:2], logits))
+                                     metrics, *example))
         write_json(tmp / "manifest.json", manifest)
     if p.build_bento:
         try:
@@ -160,6 +158,75 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
              manifest.get("alias"), parity["max_abs_diff"], manifest["bento_tag"])
     return {"version": manifest.get("version"), "alias": manifest.get("alias"), "bento_tag": manifest["bento_tag"],
             "max_abs_diff": parity["max_abs_diff"]}
+
+
+def _export_array(p: DeployParams, net: Any, split_dir: Path, split: dict, preprocess: dict,
+                  tmp: Path) -> tuple[dict, dict]:
+    """Images (or other fixed-shape arrays): standardisation baked in front of the network."""
+    from pipelines.data import load_split
+    from pipelines.export import INPUT_NAME, OUTPUT_NAME, Deployable, export_onnx
+    from serving.runtime import make_session
+
+    input_shape = split["input_shape"]
+    model = Deployable(net, preprocess, input_shape).eval()
+    X_test = load_split(split_dir, "test", preprocess=False)[0].astype(np.float32)
+    export = export_onnx(model, input_shape, tmp / "model.onnx")
+    session = make_session(tmp / "model.onnx")
+    parity = {**parity_report(session, model, X_test, p.parity_batch_sizes, p.parity_atol), "export": export}
+    parity["signature_example"] = (X_test[:2], session.run(None, {INPUT_NAME: X_test[:2]})[0])
+    schema = {"input": {"name": INPUT_NAME, "shape": [-1, *input_shape], "dtype": "float32",
+                        "value_range": split.get("value_range")},
+              "output": {"name": OUTPUT_NAME, "shape": [-1, len(split["classes"])], "dtype": "float32"}}
+    return _checked(parity, p), schema
+
+
+def _export_tabular(p: DeployParams, net: Any, split_dir: Path, split: dict, preprocess: dict,
+                    tmp: Path) -> tuple[dict, dict]:
+    """Tables: the fitted preprocessing graph (raw columns in) composed with the network."""
+    import onnx
+    import pandas as pd
+    import torch
+
+    from pipelines import tabular_prep
+    from pipelines.data import load_split
+    from pipelines.export import TargetScale, compose_with_preprocessing, export_onnx
+    from serving.runtime import make_session
+
+    scaler = preprocess.get("target_scaler")
+    head = (TargetScale(net, scaler["mean"], scaler["std"]) if scaler else net).eval()
+    export = export_onnx(head, split["input_shape"], tmp / "net.onnx")
+    composed = compose_with_preprocessing(onnx.load(str(split_dir / "preprocess.onnx")), tmp / "net.onnx",
+                                          tmp / "model.onnx")
+    (tmp / "net.onnx").unlink()
+    X_test, _ = load_split(split_dir, "test")
+    raw = pd.read_parquet(split_dir / "test.parquet")
+    with torch.no_grad():
+        reference = head(torch.from_numpy(X_test)).numpy()
+    feeds = tabular_prep.onnx_feeds(raw, preprocess)
+    session = make_session(tmp / "model.onnx")
+    parity = parity_check(session, reference, lambda s: {k: v[s] for k, v in feeds.items()}, p.parity_batch_sizes,
+                          p.parity_atol, scale=scaler["std"] if scaler else 1.0, labels=scaler is None)
+    parity["export"] = {**export, **composed}
+    example = {k: v[:2] for k, v in feeds.items()}
+    parity["signature_example"] = (raw.drop(columns=[split["target"]]).iloc[:2], session.run(None, example)[0])
+    columns = [{"name": c, "type": "numeric"} for c in preprocess["numeric"]]
+    columns += [{"name": c["name"], "type": "categorical", "categories": c["categories"]}
+                for c in preprocess["categorical"]]
+    out_name = composed["outputs"][0]
+    width = len(split["classes"]) if split["task"] == "classification" else 1
+    schema = {"input": {"kind": "records", "columns": columns},
+              "output": {"name": out_name, "shape": [-1, width], "dtype": "float32"}}
+    return _checked(parity, p), schema
+
+
+def _checked(parity: dict, p: DeployParams) -> dict:
+    if not parity["passed"]:
+        agreement = parity["label_agreement"]
+        raise DeployError(
+            f"parity gate failed: max |onnx - torch| = {parity['max_abs_diff']:.3g} (deploy.parity_atol "
+            f"{p.parity_atol:g}), label agreement {'n/a' if agreement is None else f'{agreement:.4%}'} "
+            f"over {parity['rows']} test rows")
+    return parity
 
 
 def build_bento(model_dir: Path) -> str:

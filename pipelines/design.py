@@ -25,7 +25,9 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     input_shape = split["input_shape"]
     task = split["task"]
     num_outputs = len(split["classes"]) if task == "classification" else 1
-    net = create_model(params.model.name, input_shape, num_outputs, **params.model.kwargs)
+    preprocess = read_json(Path(split_dir) / "preprocess.json")
+    data_args = {"cardinalities": preprocess["cardinalities"]} if preprocess["kind"] == "tabular" else {}
+    net = create_model(params.model.name, input_shape, num_outputs, data_args=data_args, **params.model.kwargs)
 
     X, _ = load_split(Path(split_dir), "train")
     batch = torch.from_numpy(X[:2])
@@ -38,6 +40,7 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     spec = {
         "arch": params.model.name,
         "kwargs": params.model.kwargs,
+        "data_args": data_args,
         "task": task,
         "input": {"name": "input", "shape": [-1, *input_shape], "dtype": "float32"},
         "output": {"name": "logits" if task == "classification" else "prediction",

@@ -26,8 +26,29 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True)
 class DataParams:
+    """What to collect. ``task: auto`` infers it from the target (see ``pipelines/tabular.py``).
+
+    ``target`` names the target column of a table (required for ``csv:``/``parquet:`` files, which
+    the file sources check; bundled tables default it); ``drop`` lists columns to leave out.
+    """
+
     source: str = "sklearn:digits"
-    task: Literal["classification", "regression"] = "classification"
+    task: Literal["auto", "classification", "regression"] = "auto"
+    target: str = ""
+    drop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ParamsError("data.source: must not be empty")
+        if self.target != self.target.strip():
+            raise ParamsError(f"data.target: has leading/trailing spaces: {self.target!r}")
+        for i, name in enumerate(self.drop):
+            if not name.strip():
+                raise ParamsError(f"data.drop[{i}]: empty column name")
+            if name in self.drop[:i]:
+                raise ParamsError(f"data.drop[{i}]: column {name!r} listed twice")
+            if name == self.target:
+                raise ParamsError(f"data.drop[{i}]: {name!r} is the target column (data.target)")
 
 
 @dataclass(frozen=True)
@@ -90,8 +111,11 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    min_accuracy: float = 0.9
-    baselines: tuple[Literal["logreg", "svc", "knn", "gboost"], ...] = ("logreg", "svc")
+    min_accuracy: float = 0.9   # gate for classification
+    min_r2: float = 0.0         # gate for regression
+    # binary classification: decision threshold tuned on the validation split for this objective
+    threshold_objective: Literal["f1", "balanced_accuracy", "none"] = "f1"
+    baselines: tuple[Literal["logreg", "svc", "knn", "gboost", "linear"], ...] = ("logreg", "svc")
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,27 @@
-"""Data sources: a small pluggable interface. A source turns ``data`` params into a ``Dataset``.
+"""Data sources: a small pluggable interface. A source turns ``data`` params into a ``Dataset``
+(arrays: images) or a ``Table`` (a raw data frame, typed and validated by ``pipelines.tabular``).
 
-Register a new one with ``@register_source("kind:name")``; ``data.source`` picks it by name.
-Every dataset goes through ``validate_dataset`` before anything is written.
+Register a new one with ``@register_source("kind:name")``; ``data.source`` picks it by name. A name
+ending in ``<arg>`` is a prefix that takes an argument: ``@register_source("csv:<path>")`` serves
+``data.source: csv:data/churn.csv`` (the function reads the argument with ``source_arg``).
+Every dataset goes through ``validate_dataset`` (arrays) or ``tabular.prepare_table`` (tables)
+before anything is written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
 
 from pipelines.files import DataError
 from pipelines.params import DataParams, ParamsError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Kind = Literal["image", "tabular", "text"]
 
@@ -31,15 +39,34 @@ class Dataset:
     meta: dict = field(default_factory=dict)
 
 
-SourceFn = Callable[[DataParams], Dataset]
+@dataclass(frozen=True)
+class Table:
+    """A table as read, before type inference; ``target`` is one of its columns.
+
+    ``task`` is the known task of a bundled table (``None``: infer it or take ``data.task``).
+    """
+
+    frame: pd.DataFrame
+    target: str
+    origin: str  # what to name in errors: a file path or the source name
+    task: Literal["classification", "regression"] | None = None
+
+
+SourceFn = Callable[[DataParams], Union[Dataset, Table]]
 _SOURCES: dict[str, SourceFn] = {}
+_PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {}  # "csv:" -> ("csv:<path>", accepted suffixes)
 
 
-def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
+def register_source(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[SourceFn], SourceFn]:
+    """Register under ``name``; ``"kind:<arg>"`` registers a prefix whose argument must end in one
+    of ``suffixes`` (when given), so ``csv:nope`` is an unknown source, not a missing file."""
+
     def deco(fn: SourceFn) -> SourceFn:
         if name in _SOURCES:
             raise ValueError(f"data source {name!r} registered twice")
         _SOURCES[name] = fn
+        if name.endswith(">") and "<" in name:
+            _PREFIXES[name[: name.index("<")]] = (name, tuple(x.lower() for x in suffixes))
         return fn
 
     return deco
@@ -49,13 +76,30 @@ def list_sources() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load_source(params: DataParams) -> Dataset:
-    try:
-        fn = _SOURCES[params.source]
-    except KeyError:
+def source_arg(params: DataParams) -> str:
+    """The argument of a prefix source: ``data/churn.csv`` for ``csv:data/churn.csv``."""
+    return params.source.split(":", 1)[1]
+
+
+def _lookup(source: str) -> SourceFn | None:
+    pattern_names = {name for name, _ in _PREFIXES.values()}
+    if source in _SOURCES and source not in pattern_names:
+        return _SOURCES[source]
+    for prefix, (name, suffixes) in _PREFIXES.items():
+        arg = source[len(prefix):]
+        if source.startswith(prefix) and arg and (not suffixes or arg.lower().endswith(suffixes)):
+            return _SOURCES[name]
+    return None
+
+
+def load_source(params: DataParams) -> Dataset | Table:
+    fn = _lookup(params.source)
+    if fn is None:
+        hints = [f"; {name} needs a path ending in {' or '.join(suffixes)}"
+                 for prefix, (name, suffixes) in _PREFIXES.items() if params.source.startswith(prefix) and suffixes]
         raise ParamsError(
-            f"data.source: unknown source {params.source!r} (valid: {', '.join(list_sources())})"
-        ) from None
+            f"data.source: unknown source {params.source!r} (valid: {', '.join(list_sources())})" + "".join(hints)
+        )
     return fn(params)
 
 
@@ -64,8 +108,11 @@ def sklearn_digits(params: DataParams) -> Dataset:
     """scikit-learn's bundled UCI handwritten digits: 1,797 8x8 images, pixel values 0..16."""
     from sklearn.datasets import load_digits
 
-    if params.task != "classification":
+    if params.task == "regression":
         raise ParamsError(f"data.task: sklearn:digits is a classification dataset, got {params.task!r}")
+    for key in ("target", "drop"):
+        if getattr(params, key):
+            raise ParamsError(f"data.{key}: sklearn:digits is an image dataset without columns; leave it unset")
     bunch = load_digits()
     X = bunch.images.astype(np.float32)[:, None, :, :]
     return Dataset(
@@ -76,6 +123,80 @@ def sklearn_digits(params: DataParams) -> Dataset:
         class_names=tuple(str(c) for c in bunch.target_names),
         value_range=(0.0, 16.0),
     )
+
+
+def _bundled_table(params: DataParams, frame: pd.DataFrame, name: str, task: str) -> Table:
+    """A bundled table whose target column is ``target`` unless ``data.target`` picks another."""
+    target = params.target or "target"
+    known = task if target == "target" else None
+    if known and params.task not in ("auto", known):
+        raise ParamsError(f"data.task: {name} (target 'target') is a {known} dataset, got {params.task!r}")
+    return Table(frame=frame, target=target, origin=name, task=known)
+
+
+@register_source("sklearn:breast_cancer")
+def sklearn_breast_cancer(params: DataParams) -> Table:
+    """scikit-learn's Wisconsin breast cancer table: 569 rows, 30 numeric features, binary target."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer(as_frame=True)
+    frame = bunch.frame.copy()
+    frame["target"] = pd.Series(bunch.target_names[bunch.target.to_numpy()], dtype="string")
+    return _bundled_table(params, frame, "sklearn:breast_cancer", "classification")
+
+
+@register_source("sklearn:diabetes")
+def sklearn_diabetes(params: DataParams) -> Table:
+    """scikit-learn's diabetes table: 442 rows, 10 (already scaled) features, disease progression."""
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True).frame.copy()
+    return _bundled_table(params, frame, "sklearn:diabetes", "regression")
+
+
+def _table_file(params: DataParams) -> Path:
+    """The file named by ``csv:<path>``/``parquet:<path>`` (relative to the current dir), checked."""
+    path = Path(source_arg(params))
+    if not params.target:
+        raise ParamsError(f"data.target: required for {params.source!r} (the name of the target column)")
+    if not path.exists():
+        raise DataError(f"{path}: file not found (from data.source {params.source!r}; "
+                        f"relative paths are from {Path.cwd()})")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes)")
+    return path
+
+
+@register_source("csv:<path>", suffixes=(".csv", ".csv.gz"))
+def csv_file(params: DataParams) -> Table:
+    """A CSV file with a header row; empty cells and the usual NA spellings are missing."""
+    import pandas as pd
+
+    path = _table_file(params)
+    try:
+        frame = pd.read_csv(path, skipinitialspace=True, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty (no header row)") from None
+    except (OSError, ValueError) as exc:  # ParserError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path}: not a readable CSV file: {exc}") from None
+    return Table(frame=frame, target=params.target, origin=str(path))
+
+
+@register_source("parquet:<path>", suffixes=(".parquet", ".pq"))
+def parquet_file(params: DataParams) -> Table:
+    """A Parquet file (read with pyarrow)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    path = _table_file(params)
+    try:
+        frame = pd.read_parquet(path, engine="pyarrow")
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
+    return Table(frame=frame, target=params.target, origin=str(path))
 
 
 def validate_dataset(ds: Dataset, task: str) -> list[str]:

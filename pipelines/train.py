@@ -18,7 +18,7 @@ from models.lit import LitModel
 from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
-from pipelines.data import load_split
+from pipelines.data import load_split, target_scaler
 from pipelines.files import read_json, staged_outputs, write_json
 from pipelines.params import Params, section_dict
 
@@ -31,9 +31,12 @@ def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoade
     """Train (shuffled with a seeded generator) and val loaders over the preprocessed splits."""
     split = read_json(Path(split_dir) / "split.json")
     target_dtype = torch.long if split["task"] == "classification" else torch.float32
+    scaler = target_scaler(split_dir)
     loaders = []
     for name in ("train", "val"):
         X, y = load_split(split_dir, name)
+        if scaler:  # regression: learn the standardised target; export de-standardises
+            y = (y - scaler["mean"]) / scaler["std"]
         ds = TensorDataset(torch.from_numpy(X), torch.as_tensor(y, dtype=target_dtype))
         gen = torch.Generator().manual_seed(seed)
         loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=name == "train", generator=gen))
@@ -41,7 +44,8 @@ def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoade
 
 
 def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int, augment: bool) -> LitModel:
-    net = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"], **spec["kwargs"])
+    net = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"],
+                       data_args=spec.get("data_args"), **spec["kwargs"])
     return LitModel(net, recipe, epochs=epochs, augment=augment)
 
 
@@ -82,7 +86,8 @@ def _save_best(lit: LitModel, best_path: str, spec: dict[str, Any], out: Path) -
     if best_path:
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
         lit.load_state_dict(state)
-    torch.save({"arch": spec["arch"], "kwargs": spec["kwargs"], "input_shape": spec["input"]["shape"][1:],
+    torch.save({"arch": spec["arch"], "kwargs": spec["kwargs"], "data_args": spec.get("data_args") or {},
+                "input_shape": spec["input"]["shape"][1:],
                 "num_outputs": spec["num_outputs"], "task": spec["task"],
                 "state_dict": lit.net.state_dict()}, out)
 
@@ -156,6 +161,7 @@ def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, 
         info = {"run_id": run_id, "experiment": p.experiment, "tracking_uri": tracking.tracking_uri(),
                 "epochs_run": len(epoch_logger.history), "best_epoch": int(best["epoch"]),
                 "best_val_loss": best["val_loss"], "best_val_acc": best.get("val_acc"),
+                "best_val_mae_standardised": best.get("val_mae"),
                 "stopped_early": trainer.early_stopping_callback.stopped_epoch > 0,
                 "fit_seconds": round(fit_seconds, 3)}
         write_json(tmp / "run.json", info)

@@ -47,7 +47,7 @@ def mlflow_runs(db: Path) -> int:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC repo with the project's code, dvc.yaml and tiny params, committed."""
     repo = tmp_path_factory.mktemp("project")
-    for name in ("pipelines", "models", "serving", "dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("pipelines", "models", "serving", "data", "dvc.yaml", ".gitignore", ".dvcignore"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -71,7 +71,7 @@ def test_too_small_class_cannot_be_stratified(tmp_path):
 
 
 def test_missing_input_names_the_file(tmp_path):
-    with pytest.raises(DataError, match=r"collect/data\.npz: missing"):
+    with pytest.raises(DataError, match=r"collect/profile\.json: missing"):
         split.run(make_params(), tmp_path / "collect", tmp_path / "split")
 
 

@@ -57,16 +57,19 @@ def test_evaluate_metrics_baselines_plots_gate(trained, digits_split, mlflow_uri
     assert metrics["best_baseline"] == "logreg"
     gate = json.loads((tmp / "evaluate" / "gate.json").read_text())
     assert gate["passed"] == result["gate"] == (metrics["accuracy"] >= 0.5) and "min_accuracy" in gate["reason"]
-    rows = (tmp / "evaluate" / "confusion.csv").read_text().splitlines()
+    rows = (tmp / "evaluate" / "plots" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 360
     report = json.loads((tmp / "evaluate" / "report.json").read_text())
     assert set(map(str, range(10))) <= set(report)
-    assert (tmp / "evaluate" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp / "evaluate" / "plots" / "classification.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp / "evaluate" / "plots" / "roc.csv").read_text().startswith("fpr,tpr")
+    assert {"balanced_accuracy", "roc_auc"} <= set(metrics) and "threshold" not in metrics  # multiclass
     run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert "baseline_logreg_accuracy" in run.data.metrics and run.data.tags["gate"] in ("pass", "fail")
     logged = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(summary["run_id"], "evaluate")}
-    assert "evaluate/confusion.png" in logged
+    logged_plots = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(summary["run_id"], "evaluate/plots")}
+    assert "evaluate/plots/classification.png" in logged_plots and "evaluate/gate.json" in logged
 
 
 def test_gate_fails_below_threshold(trained, digits_split):

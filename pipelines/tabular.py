@@ -1,0 +1,362 @@
+"""Tables for collect: infer column types and the task, validate, and profile.
+
+Written with pandas 3 in mind: text columns arrive as the ``str`` dtype (a ``StringDtype``), not
+``object``, so every test goes through ``pandas.api.types`` helpers, never ``dtype == object``.
+
+Column rules (each feature column gets exactly one outcome; thresholds are the constants below):
+
+* **empty** - every value missing: ``DataError`` (name it in ``data.drop`` to leave it out).
+* **boolean** (bool dtype, or True/False objects) -> categorical ``"true"``/``"false"``.
+* **text** is stripped (``""`` is missing). If at least ``NUMERIC_TEXT_SHARE`` (95 %) of its values
+  parse as numbers but some don't, it is a numeric column with junk: ``DataError`` naming the first
+  bad row and the column. If all parse, it is treated as numbers below; otherwise it is categorical
+  text ("Yes"/"No" included, kept as written).
+* **identifier-like** columns are dropped, with a warning and a ``profile["dropped"]`` entry:
+  no missing values, every value distinct, and either the name looks like an ID (``id``,
+  ``customer_id``, ``customerID``, ``uuid``, ``key``...; needs >= 2 rows) or the table has at least
+  ``MIN_ROWS_FOR_ID`` rows and the column is text, or whole numbers in strictly increasing order
+  (a row number / auto-increment key). Columns with fractional numbers are never IDs.
+* **constant** columns (one value, none missing) are dropped the same way: they carry nothing.
+* **low-cardinality whole numbers** -> categorical (``"3"``): all values whole, 2 to
+  ``MAX_CODE_VALUES`` (10) distinct values, each value seen twice on average, and spaced like codes
+  or counts (average gap between sorted distinct values <= ``MAX_CODE_GAP``, 10), not like
+  measurements ({0, 1000, 5000} stays numeric).
+* everything else numeric -> ``float64`` (missing = NaN); infinite values are a ``DataError``.
+
+Task rule (``data.task: auto``): a text or boolean target is classification; a numeric target is
+classification when it holds whole numbers with at most ``MAX_AUTO_CLASSES`` (20) distinct values
+that are also at most ``AUTO_CLASS_SHARE`` (5 %) of the rows (two values are always enough),
+otherwise regression. Rows whose target is missing are dropped (logged, counted in the profile).
+
+Errors are ``DataError`` naming the origin (file or source), the column and, where one row is at
+fault, its 0-based data row (the header is not a row).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pandas.api import types as pdt
+
+from pipelines.files import DataError
+from pipelines.params import DataParams, section_dict
+from pipelines.sources import Table
+
+log = logging.getLogger(__name__)
+
+NUMERIC_TEXT_SHARE = 0.95
+MIN_ROWS_FOR_ID = 20
+MAX_CODE_VALUES = 10
+MAX_CODE_GAP = 10.0
+MAX_AUTO_CLASSES = 20
+AUTO_CLASS_SHARE = 0.05
+MAX_PROFILE_CATEGORIES = 1000
+
+_ID_NAME = re.compile(r"^(id|uuid|guid|key|index|row_?(id|num|number)?)$|[_ .-](id|uuid|guid|key)$", re.IGNORECASE)
+_CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")
+
+
+@dataclass
+class PreparedTable:
+    """A validated table ready to write: features (original order) then the target, typed."""
+
+    frame: pd.DataFrame
+    target: str
+    task: str
+    origin: str
+    kinds: dict[str, str]  # feature name -> "numeric" | "categorical"
+    dropped: list[dict[str, str]] = field(default_factory=list)
+    dropped_rows_missing_target: int = 0
+    checks: list[str] = field(default_factory=list)
+
+
+def prepare_table(table: Table, params: DataParams) -> PreparedTable:
+    """Type, validate and clean ``table``; raise ``DataError`` naming file/row/column on bad data."""
+    where, frame = table.origin, table.frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
+    _check_shape(frame, table.target, params.drop, where)
+    checks = ["non_empty", "target_present"]
+    target, task = _target(frame[table.target], table.target, where, params.task, table.task)
+    missing = target.isna()
+    if missing.any():
+        log.warning("%s: dropping %d of %d rows with a missing target %r (first: row %d)",
+                    where, int(missing.sum()), len(frame), table.target, int(missing.idxmax()))
+    keep = ~missing
+    checks.append("target_not_all_missing")
+    out: dict[str, pd.Series] = {}
+    kinds: dict[str, str] = {}
+    dropped = [{"name": c, "reason": "listed in data.drop"} for c in params.drop]
+    for name in frame.columns:
+        if name == table.target or name in params.drop:
+            continue
+        kind, values = _feature(frame[name][keep], name, where)
+        if kind == "drop":
+            log.warning("%s: dropping column %r: %s", where, name, values)
+            dropped.append({"name": name, "reason": values})
+        else:
+            out[name], kinds[name] = values, kind
+    if not out:
+        raise DataError(f"{where}: no feature columns left (dropped: "
+                        f"{', '.join(d['name'] + ' (' + d['reason'] + ')' for d in dropped) or 'none'})")
+    checks += ["no_empty_columns", "numeric_columns_clean", "features_finite", "has_features"]
+    target = target[keep]
+    checks += _check_target(target, table.target, task, where)
+    out[table.target] = target
+    result = pd.DataFrame(out).reset_index(drop=True)
+    return PreparedTable(result, table.target, task, where, kinds, dropped, int(missing.sum()), checks)
+
+
+def _check_shape(frame: pd.DataFrame, target: str, drop: tuple[str, ...], where: str) -> None:
+    if frame.shape[1] == 0:
+        raise DataError(f"{where}: table has no columns")
+    if len(frame) == 0:
+        raise DataError(f"{where}: table is empty (0 rows)")
+    dups = sorted(set(frame.columns[frame.columns.duplicated()]))
+    if dups:
+        raise DataError(f"{where}: duplicate column name(s) {dups}")
+    available = ", ".join(map(repr, frame.columns[:50])) + (" ..." if frame.shape[1] > 50 else "")
+    if target not in frame.columns:
+        raise DataError(f"{where}: column {target!r} (data.target) not found; available columns: {available}")
+    for i, name in enumerate(drop):
+        if name not in frame.columns:
+            raise DataError(f"{where}: column {name!r} (data.drop[{i}]) not found; available columns: {available}")
+
+
+# ---------------------------------------------------------------- values
+
+
+def _is_boolean(s: pd.Series) -> bool:
+    return pdt.is_bool_dtype(s) or (pdt.is_object_dtype(s) and pdt.infer_dtype(s, skipna=True) == "boolean")
+
+
+def _bool_text(s: pd.Series) -> pd.Series:
+    return s.map(lambda v: v if pd.isna(v) else ("true" if v else "false")).astype("string")
+
+
+def _text(s: pd.Series) -> pd.Series:
+    """Text as the ``string`` dtype, stripped, with ``""`` as missing."""
+    text = s.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _parse_numbers(text: pd.Series, name: str, where: str) -> pd.Series | None:
+    """``float64`` if every value of ``text`` is a number; ``None`` if it is genuinely text.
+
+    Raises when it is mostly numbers (>= ``NUMERIC_TEXT_SHARE``) with a few that are not.
+    """
+    present = text.dropna()
+    numbers = pd.to_numeric(present, errors="coerce")
+    bad = numbers.isna()
+    if not bad.any():
+        parsed = pd.to_numeric(text, errors="coerce")  # nullable Int64/Float64 from string input
+        return pd.Series(parsed.to_numpy(dtype="float64", na_value=np.nan), index=text.index)
+    if len(present) and 1 - bad.mean() >= NUMERIC_TEXT_SHARE:
+        row = bad.idxmax()
+        raise DataError(
+            f"{where}: row {row}, column {name!r}: non-numeric value {present[row]!r} in a numeric column "
+            f"({int(bad.sum())} of {len(present)} values do not parse as numbers)"
+        )
+    return None
+
+
+def _whole(numbers: pd.Series) -> bool:
+    present = numbers.dropna()
+    return bool(len(present)) and bool(np.all(np.mod(present.to_numpy(), 1) == 0))
+
+
+def _int_text(numbers: pd.Series) -> pd.Series:
+    return numbers.map(lambda v: v if pd.isna(v) else str(int(v))).astype("string")
+
+
+def _label_text(numbers: pd.Series) -> pd.Series:
+    """Numbers as class labels: ``3.0`` -> ``"3"``, ``0.5`` -> ``"0.5"``."""
+    return numbers.map(lambda v: v if pd.isna(v) else (str(int(v)) if v == int(v) else repr(float(v)))).astype("string")
+
+
+def _check_finite(numbers: pd.Series, name: str, where: str) -> None:
+    bad = np.isinf(numbers.to_numpy())
+    if bad.any():
+        row = numbers.index[int(np.argmax(bad))]
+        raise DataError(f"{where}: row {row}, column {name!r}: non-finite value {numbers[row]} "
+                        f"({int(bad.sum())} non-finite values)")
+
+
+# ---------------------------------------------------------------- features
+
+
+def _feature(s: pd.Series, name: str, where: str) -> tuple[str, Any]:
+    """``("numeric", float64)``, ``("categorical", string)`` or ``("drop", reason)``."""
+    if pdt.is_datetime64_any_dtype(s) or pdt.is_timedelta64_dtype(s):
+        return "drop", f"unsupported dtype {s.dtype} (date/time columns are not used yet)"
+    if _is_boolean(s):
+        values: pd.Series = _bool_text(s)
+    elif pdt.is_numeric_dtype(s):
+        values = pd.Series(s.to_numpy(dtype="float64", na_value=np.nan), index=s.index)
+    elif pdt.is_string_dtype(s) or pdt.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
+        text = _text(s)
+        if text.isna().all():
+            values = text
+        else:
+            numbers = _parse_numbers(text, name, where)
+            values = text if numbers is None else numbers
+    else:
+        return "drop", f"unsupported dtype {s.dtype}"
+    if values.isna().all():
+        raise DataError(f"{where}: column {name!r}: every value is missing (leave it out with data.drop)")
+    reason = _drop_reason(values, name)
+    if reason:
+        return "drop", reason
+    if pdt.is_string_dtype(values):
+        return "categorical", values
+    _check_finite(values, name, where)
+    if _is_code(values):
+        return "categorical", _int_text(values)
+    return "numeric", values
+
+
+def _drop_reason(values: pd.Series, name: str) -> str | None:
+    n, distinct = len(values), values.nunique()
+    if distinct == 1 and not values.isna().any():
+        return f"constant: the single value {values.iloc[0]!r} in every row"
+    if values.isna().any() or distinct != n or n < 2:
+        return None
+    named = bool(_ID_NAME.search(name) or _CAMEL_ID.search(name))
+    if pdt.is_string_dtype(values):
+        if named or n >= MIN_ROWS_FOR_ID:
+            return f"identifier-like: a distinct text value in each of the {n} rows"
+        return None
+    if not _whole(values):
+        return None  # a continuous measurement, however unique
+    if named:
+        return f"identifier-like: ID-named with a distinct whole number in each of the {n} rows"
+    if n >= MIN_ROWS_FOR_ID and values.is_monotonic_increasing:
+        return f"identifier-like: distinct whole numbers in increasing order in all {n} rows (a row number)"
+    return None
+
+
+def _is_code(numbers: pd.Series) -> bool:
+    """Whole numbers with few, repeated, closely spaced values: codes or small counts."""
+    if not _whole(numbers):
+        return False
+    distinct = np.sort(numbers.dropna().unique())
+    if not 2 <= len(distinct) <= MAX_CODE_VALUES or len(distinct) * 2 > numbers.notna().sum():
+        return False
+    return (distinct[-1] - distinct[0]) / (len(distinct) - 1) <= MAX_CODE_GAP
+
+
+# ---------------------------------------------------------------- target
+
+
+def _target(s: pd.Series, name: str, where: str, task: str, known: str | None) -> tuple[pd.Series, str]:
+    """The target as class-label text (classification) or ``float64`` (regression), and the task."""
+    labels: pd.Series | None = None
+    numbers: pd.Series | None = None
+    if _is_boolean(s):
+        labels = _bool_text(s)
+    elif pdt.is_numeric_dtype(s):
+        numbers = pd.Series(s.to_numpy(dtype="float64", na_value=np.nan), index=s.index)
+    elif pdt.is_string_dtype(s) or pdt.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
+        labels = _text(s)
+        if labels.notna().any():
+            numbers = _parse_numbers(labels, name, where)
+            labels = None if numbers is not None else labels
+    else:
+        raise DataError(f"{where}: column {name!r}: unsupported target dtype {s.dtype}")
+    if (labels if labels is not None else numbers).isna().all():
+        raise DataError(f"{where}: column {name!r}: target is missing in every row")
+    if task == "auto":
+        task = known or _infer_task(labels, numbers, name, where)
+    if task == "classification":
+        return (labels if labels is not None else _label_text(numbers)), task
+    if numbers is None:
+        present = labels.dropna()
+        raise DataError(f"{where}: row {present.index[0]}, column {name!r}: regression needs a numeric target, "
+                        f"got {present.iloc[0]!r} (data.task: regression)")
+    return numbers, task
+
+
+def _infer_task(labels: pd.Series | None, numbers: pd.Series | None, name: str, where: str) -> str:
+    if numbers is None:
+        log.info("%s: target %r is text/boolean: task classification", where, name)
+        return "classification"
+    present = numbers.dropna()
+    distinct = present.nunique()
+    few = distinct <= MAX_AUTO_CLASSES and (distinct <= 2 or distinct <= AUTO_CLASS_SHARE * len(present))
+    task = "classification" if _whole(present) and few else "regression"
+    log.info("%s: target %r has %d distinct %s values in %d rows: task %s (set data.task to override)",
+             where, name, distinct, "whole" if _whole(present) else "fractional", len(present), task)
+    return task
+
+
+def _check_target(target: pd.Series, name: str, task: str, where: str) -> list[str]:
+    if task == "classification":
+        classes = sorted(target.unique())
+        if len(classes) < 2:
+            raise DataError(f"{where}: column {name!r}: a single class ({classes[0]!r}), need at least 2")
+        return ["at_least_two_classes"]
+    _check_finite(target, name, where)
+    if target.nunique() < 2:
+        raise DataError(f"{where}: column {name!r}: constant target ({target.iloc[0]}), nothing to learn")
+    return ["target_finite", "target_varies"]
+
+
+# ---------------------------------------------------------------- profile and hash
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """Content hash of a collected table (names, dtypes, values), independent of pandas' hashing."""
+    h = hashlib.sha256()
+    for name in frame.columns:
+        col = frame[name]
+        h.update(f"{name}\0{col.dtype}\0{len(col)}\0".encode())
+        if pdt.is_float_dtype(col):
+            h.update(np.ascontiguousarray(col.to_numpy(dtype="<f8", na_value=np.nan)).tobytes())
+        else:
+            h.update("\0".join("\1" if pd.isna(v) else str(v) for v in col).encode())
+        h.update(b"\2")
+    return h.hexdigest()
+
+
+def _column_profile(col: pd.Series, kind: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": col.name, "type": kind, "dtype": str(col.dtype),
+                            "missing_rate": round(float(col.isna().mean()), 6), "cardinality": int(col.nunique())}
+    if kind == "categorical":
+        categories = sorted(col.dropna().unique())
+        info["categories"] = [str(c) for c in categories[:MAX_PROFILE_CATEGORIES]]
+        if len(categories) > MAX_PROFILE_CATEGORIES:
+            info["categories_truncated"] = True  # the first MAX_PROFILE_CATEGORIES in sorted order
+    else:
+        info.update(min=float(col.min()), max=float(col.max()), mean=float(col.mean()))
+    return info
+
+
+def table_profile(prep: PreparedTable, params: DataParams) -> dict[str, Any]:
+    """profile.json for a table: schema per column, what was dropped, target summary, hash, checks."""
+    frame, target = prep.frame, prep.frame[prep.target]
+    prof: dict[str, Any] = {
+        "source": prep.origin, "task": prep.task, "kind": "tabular", "target": prep.target,
+        "rows": int(len(frame)),
+        "columns": [_column_profile(frame[name], kind) for name, kind in prep.kinds.items()],
+        "dropped": prep.dropped,
+        "dropped_rows_missing_target": prep.dropped_rows_missing_target,
+    }
+    if prep.task == "classification":
+        counts = target.value_counts()
+        prof["classes"] = sorted(str(c) for c in counts.index)
+        prof["num_classes"] = len(prof["classes"])
+        prof["class_balance"] = {c: int(counts[c]) for c in prof["classes"]}
+        prof["imbalance_ratio"] = round(float(counts.max() / counts.min()), 3)
+    else:
+        prof["target_stats"] = {"mean": float(target.mean()), "std": float(target.std(ddof=0)),
+                                "min": float(target.min()), "max": float(target.max())}
+    prof.update(data_hash=frame_hash(frame), checks_passed=prep.checks, params=section_dict(params),
+                value_range=None,
+                schema={"features": {"columns": len(prep.kinds)},
+                        "target": {"name": prep.target, "dtype": str(target.dtype)}})
+    return prof
