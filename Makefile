@@ -42,6 +42,8 @@ clean:
 	rm -rf artifacts mlflow.db mlflow.db.lock mlartifacts .prefect .dvc/tmp/exps
 
 # BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
-# DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion serve another model.
+# DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion serve another model; the
+# service is the one for the model's kind (serving.service:DigitsClassifier or serving.tabular:TabularPredictor).
 serve: install
-	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:DigitsClassifier --host 127.0.0.1 --port 3000
+	service=$$($(BIN)/python -m serving.build --print-service) && \
+	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve $$service --host 127.0.0.1 --port 3000

@@ -2,7 +2,7 @@
 
 Input contract with the preprocessing step: ONE float32 tensor ``[N, F]``, ``F = input_shape[0]``.
 The first ``F - len(cardinalities)`` columns are standardised numeric features; the last
-``len(cardinalities)`` hold category indices stored as floats (0 = missing, 1 = unknown,
+``len(cardinalities)`` hold category indices stored as floats (0 = unknown, 1 = missing,
 2.. = known categories), so ``cardinalities[j]`` already counts those two buckets. Indices are
 clamped into ``[0, cardinalities[j] - 1]``: an out-of-range value at serving time lands in the
 last category of the column instead of crashing the Gather.

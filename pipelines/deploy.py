@@ -194,7 +194,8 @@ def _export_tabular(p: DeployParams, net: Any, split_dir: Path, split: dict, pre
 
     scaler = preprocess.get("target_scaler")
     head = (TargetScale(net, scaler["mean"], scaler["std"]) if scaler else net).eval()
-    export = export_onnx(head, split["input_shape"], tmp / "net.onnx")
+    export = export_onnx(head, split["input_shape"], tmp / "net.onnx",
+                         output_name="logits" if split["task"] == "classification" else "prediction")
     composed = compose_with_preprocessing(onnx.load(str(split_dir / "preprocess.onnx")), tmp / "net.onnx",
                                           tmp / "model.onnx")
     (tmp / "net.onnx").unlink()

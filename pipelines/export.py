@@ -32,7 +32,8 @@ class Deployable(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def export_onnx(model: nn.Module, input_shape: list[int], path: str | Path, example_batch: int = 4) -> dict[str, Any]:
+def export_onnx(model: nn.Module, input_shape: list[int], path: str | Path, example_batch: int = 4,
+                output_name: str = OUTPUT_NAME) -> dict[str, Any]:
     """Export with the dynamo exporter, a dynamic batch axis and one self-contained file.
 
     An example batch of 1 silently freezes the batch axis to 1 in this exporter, so the example
@@ -47,7 +48,7 @@ def export_onnx(model: nn.Module, input_shape: list[int], path: str | Path, exam
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         program = torch.onnx.export(
-            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[output_name],
             dynamic_shapes=({0: batch},), external_data=False, verbose=False, opset_version=ONNX_OPSET,
         )
     program.save(str(path), external_data=False)

@@ -29,6 +29,10 @@ REQUIRED_KEYS = ("model_name", "version", "alias", "onnx_file", "onnx_sha256", "
                  "git_sha", "metrics", "input", "output", "classes")
 
 
+# ONNX input type of each tabular column type (NaN / "" mean missing)
+TABULAR_TYPES = {"numeric": "tensor(float)", "categorical": "tensor(string)"}
+
+
 class ModelLoadError(RuntimeError):
     """The model directory, manifest or ONNX file does not match the deploy contract."""
 
@@ -111,10 +115,51 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ModelLoadError(f"{path}: missing keys {missing}")
+    if is_tabular(manifest):
+        _check_tabular_manifest(path, manifest)
+        return manifest
     shape = manifest["input"].get("shape")
     if manifest["input"].get("dtype") != "float32" or not isinstance(shape, list) or len(shape) < 2:
         raise ModelLoadError(f"{path}: input must be float32 with a batch axis, got {manifest['input']}")
     return manifest
+
+
+def is_tabular(manifest: dict[str, Any]) -> bool:
+    return manifest.get("kind") == "tabular"
+
+
+# The service that speaks each kind of model: `make serve` and serving.build pick it from the manifest.
+SERVICES = {"image": "serving.service:DigitsClassifier", "tabular": "serving.tabular:TabularPredictor"}
+
+
+def service_for(manifest: dict[str, Any]) -> str:
+    return SERVICES["tabular" if is_tabular(manifest) else "image"]
+
+
+def _check_tabular_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Records in (one typed ONNX input per column); logits [n, classes] or a value [n, 1] out, under the
+    name the manifest gives (the contract says "prediction" for regression; the graph is checked)."""
+    spec, out = manifest["input"], manifest["output"]
+    columns = spec.get("columns") if isinstance(spec, dict) else None
+    if spec.get("kind") != "records" or not isinstance(columns, list) or not columns:
+        raise ModelLoadError(f"{path}: tabular input must be {{'kind': 'records', 'columns': [...]}}, got {spec}")
+    for i, col in enumerate(columns):
+        ok = isinstance(col, dict) and isinstance(col.get("name"), str) and col.get("type") in TABULAR_TYPES
+        if ok and col["type"] == "categorical":
+            ok = isinstance(col.get("categories"), list) and all(isinstance(c, str) for c in col["categories"])
+        if not ok:
+            raise ModelLoadError(f"{path}: input.columns[{i}] must be {{name, type: numeric|categorical, "
+                                 f"categories (categorical)}}, got {col}")
+    if len({c["name"] for c in columns}) != len(columns):
+        raise ModelLoadError(f"{path}: input.columns has duplicate names")
+    if manifest.get("task") not in ("classification", "regression") or not isinstance(out.get("name"), str):
+        raise ModelLoadError(f"{path}: need task classification|regression and output.name, got "
+                             f"{manifest.get('task')!r}, {out}")
+    classes = manifest["classes"]
+    width = 1 if manifest["task"] == "regression" else len(classes) if isinstance(classes, list) else 0
+    if width < 1 or (manifest["task"] == "classification" and width < 2) or out.get("shape", [-1, width])[-1] != width:
+        raise ModelLoadError(f"{path}: output.shape {out.get('shape')} does not fit task {manifest['task']!r} "
+                             f"with classes {classes}")
 
 
 def sha256_file(path: Path) -> str:
@@ -127,9 +172,14 @@ def sha256_file(path: Path) -> str:
 
 def load_model(env: dict[str, str] | None = None) -> LoadedModel:
     """Resolve, verify (manifest keys, ONNX sha256, input/output names) and open a session."""
+    model_dir, source = resolve_model_dir(env)
+    return load_model_from(model_dir, source)
+
+
+def load_model_from(model_dir: Path, source: str) -> LoadedModel:
+    """``load_model`` on an already resolved directory (``source`` says where it came from)."""
     from serving.runtime import make_session
 
-    model_dir, source = resolve_model_dir(env)
     manifest = read_manifest(model_dir)
     onnx_path = model_dir / manifest["onnx_file"]
     if not onnx_path.is_file():
@@ -140,7 +190,13 @@ def load_model(env: dict[str, str] | None = None) -> LoadedModel:
     session = make_session(onnx_path)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if inputs != [manifest["input"]["name"]] or manifest["output"]["name"] not in outputs:
+    if is_tabular(manifest):
+        got = {i.name: i.type for i in session.get_inputs()}
+        want = {c["name"]: TABULAR_TYPES[c["type"]] for c in manifest["input"]["columns"]}
+        if got != want or manifest["output"]["name"] not in outputs:
+            raise ModelLoadError(f"{onnx_path}: graph inputs {got} / outputs {outputs} do not match the "
+                                 f"manifest's columns {want} / output {manifest['output']['name']!r}")
+    elif inputs != [manifest["input"]["name"]] or manifest["output"]["name"] not in outputs:
         raise ModelLoadError(f"{onnx_path}: graph inputs {inputs} / outputs {outputs} do not match the manifest")
     logger.info("loaded %s version %s (%s) from %s", manifest["model_name"], manifest["version"],
                 manifest["alias"], source)

@@ -11,8 +11,6 @@ service in its own process behind a private Unix socket.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 from typing import Any
 
@@ -20,9 +18,9 @@ import bentoml
 import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
-from pydantic import ValidationError
 
-from serving.limits import BodySizeLimitMiddleware, BodyTooLarge
+from serving.common import RUNNER_CONNECTION, ModelClient, install_log_filter
+from serving.limits import BodySizeLimitMiddleware
 from serving.model import LoadedModel, ModelLoadError, load_model
 from serving.schemas import (HEIGHT, MAX_BODY_BYTES, MAX_IMAGES, VALUE_MAX, VALUE_MIN, WIDTH, Images,
                              ModelMetadata, Prediction, PredictResponse)
@@ -39,25 +37,13 @@ MAX_BATCH_SIZE = int(os.environ.get("DLOPS_BATCH_MAX_SIZE", "512"))
 EXPECTED_INPUT_SHAPE = [-1, 1, HEIGHT, WIDTH]
 
 
-class _ClientErrorFilter(logging.Filter):
-    """BentoML logs every rejected request as ERROR with a traceback: a client sending bad input
-    would flood the log. Keep one INFO line with the reason instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (ValidationError, BodyTooLarge)):
-            reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "body too large"
-            record.msg, record.args = f"{record.msg}: rejected (%s)", (*(record.args or ()), reason)
-            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
-        return True
-
-
-logger = logging.getLogger(__name__)
-logging.getLogger("bentoml._internal.server.http_app").addFilter(_ClientErrorFilter())
+install_log_filter()
 
 
 def _check_contract(manifest: dict[str, Any]) -> None:
     """This API speaks 8x8 images in [0, 16]: refuse to start on a model that takes anything else."""
+    if manifest.get("kind") == "tabular":
+        raise ModelLoadError("this is a tabular model: serve serving.tabular:TabularPredictor")
     spec = manifest["input"]
     if spec.get("shape") != EXPECTED_INPUT_SHAPE:
         raise ModelLoadError(f"manifest input.shape {spec.get('shape')} != {EXPECTED_INPUT_SHAPE}")
@@ -65,13 +51,9 @@ def _check_contract(manifest: dict[str, Any]) -> None:
         raise ModelLoadError(f"manifest input.value_range {spec['value_range']} != {[VALUE_MIN, VALUE_MAX]}")
 
 
-# Since 1.4.30 the caller's client (proxy2.SessionManager) replaces its aiohttp session every
-# runner_connection.max_requests requests (default 100) or max_age seconds, closing the old one
-# under requests still in flight: at 16 clients ~8 % of requests failed with 500 ("Server
-# disconnected", bentoml/BentoML#5540, #5544). Over a private Unix socket there is nothing to
-# rebalance, so the session is kept; predict also retries once on a dropped connection.
+# runner_connection: see serving/common.py (bentoml/BentoML#5540).
 @bentoml.service(name="dlops-digits-model", workers=1, traffic={"timeout": 30},
-                 runner_connection={"max_requests": 2**31 - 1, "max_age": 10.0**9})
+                 runner_connection=RUNNER_CONNECTION)
 class DigitsModel:
     """ONNX Runtime over the model named by DLOPS_MODEL_URI / DLOPS_MODEL_DIR / artifacts/deploy."""
 
@@ -105,45 +87,17 @@ web = FastAPI(title="dlops digits", docs_url=None, redoc_url=None, openapi_url=N
     traffic={"timeout": 30},
 )
 @bentoml.asgi_app(web, path="/")
-class DigitsClassifier:
+class DigitsClassifier(ModelClient):
     """Handwritten-digit classifier (scikit-learn digits, 8x8 images, raw pixel values 0..16)."""
 
     model = bentoml.depends(DigitsModel)
-
-    def __init__(self) -> None:
-        self._manifest: dict[str, Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get_manifest(self) -> dict[str, Any]:
-        if self._manifest is None:
-            async with self._lock:
-                if self._manifest is None:
-                    self._manifest = await self.model.to_async.manifest()
-        return self._manifest
-
-    async def __is_ready__(self) -> bool:
-        """Ready once the model service answered with its manifest."""
-        try:  # bounded: a model service that failed to start accepts on its socket but never answers
-            await asyncio.wait_for(self._get_manifest(), timeout=5)
-        except Exception:  # noqa: BLE001 - not ready yet, /readyz says 503
-            return False
-        return True
-
-    async def _infer(self, batch: np.ndarray) -> np.ndarray:
-        import aiohttp
-
-        try:
-            return await self.model.to_async.infer(batch)
-        except aiohttp.ClientConnectionError:  # inference is idempotent: one retry on a fresh connection
-            logger.warning("model service connection dropped; retrying once")
-            return await self.model.to_async.infer(batch)
 
     @bentoml.api(route="/predict")
     async def predict(self, images: Images) -> PredictResponse:
         """Classify 1 to 256 images of 8x8 raw pixel values in [0, 16]."""
         manifest = await self._get_manifest()
         batch = np.asarray(images, dtype=np.float32).reshape(-1, 1, HEIGHT, WIDTH)
-        probs = np.asarray(await self._infer(batch))
+        probs = np.asarray(await self.call_model("infer", batch))
         classes = manifest["classes"]
         best = probs.argmax(axis=1)
         predictions = [

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -104,9 +105,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tabular_model(tmp_path_factory.mktemp("deploy"), "classification")
 
 
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    work = tmp_path_factory.mktemp("serve")
+@contextmanager
+def serving(model_dir: Path, work: Path) -> Iterator[dict[str, Any]]:
+    """`bentoml serve` of the service the manifest asks for, on a free 127.0.0.1 port."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
@@ -125,6 +126,12 @@ def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         raise
     finally:
         stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")
@@ -180,8 +187,8 @@ def test_predict_matches_onnx_runtime_with_threshold(http: httpx.Client, model_d
     result = resp.json()
     check_classification(result, model_dir, recs)
     probs, labels = expected_classification(model_dir, recs)
-    # the threshold rule is what decides, not argmax (the untrained net has P(Yes) around 0.5)
-    assert any((p[1] >= THRESHOLD) != (p.argmax() == 1) for p in probs) or len(set(labels)) == 1
+    # the threshold rule decides, not argmax: some records have THRESHOLD <= P(Yes) < 0.5 (fixed seeds)
+    assert sum(THRESHOLD <= p < 0.5 for p in probs[:, 1]) > 0 and labels.count("Yes") > probs.argmax(axis=1).sum()
     assert (result["model_name"], result["model_version"], result["model_alias"]) == (
         "dlops-churn-classification", "3", "champion")
 
@@ -218,7 +225,7 @@ def test_null_and_unseen_category_are_counted_not_errors(http: httpx.Client, mod
 
     after = http.get("/metrics").text
     assert counter(after, "region", "unknown") - counter(before, "region", "unknown") == 3
-    assert counter(after, "age", "missing") - counter(before, "age", "missing") == 1
+    assert counter(after, "age", "missing") - counter(before, "age", "missing") == 2  # both requests
 
 
 def test_metadata_lists_columns_and_categories(http: httpx.Client, model_dir: Path) -> None:
@@ -307,29 +314,66 @@ def test_server_alive_after_bad_inputs_and_log_quiet(http: httpx.Client, server:
     assert "rejected (" in log
 
 
+def test_regression_served_matches_onnx_runtime(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A second server, over a regression model: values in target units, equal to in-process ORT."""
+    model_dir = build_tabular_model(tmp_path_factory.mktemp("deploy-reg"), "regression")
+    recs = records(25, seed=3) + [{**GOOD, "age": None, "region": "atlantis"}]
+    with serving(model_dir, tmp_path_factory.mktemp("serve-reg")) as info, \
+            httpx.Client(base_url=info["url"], timeout=30) as client:
+        resp = client.post("/predict", json={"records": recs})
+        assert resp.status_code == 200, resp.text
+        result = resp.json()
+        meta = client.get("/metadata").json()
+        bad = client.post("/predict", json={"records": [{**GOOD, "age": "x"}]})
+    want = onnx_reference(model_dir, recs)[:, 0]
+    got = np.array([p["value"] for p in result["predictions"]])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert 100 < float(np.median(got)) < 5000  # target units (TargetScale), not standardised
+    assert all(p["label"] is None and p["probabilities"] is None for p in result["predictions"])
+    assert (result["task"], result["target"], result["classes"], result["decision_threshold"]) == (
+        "regression", "spend_next_year", None, None)
+    missing = {c["name"]: n for c in PROFILE["columns"] if (n := sum(r[c["name"]] is None for r in recs))}
+    assert result["notes"] == {"missing_values": missing, "unknown_categories": {"region": 1}}
+    assert meta["output"]["name"] == "prediction" and meta["classes"] is None
+    assert bad.status_code == 400 and "records[0].age: expected a number" in bad.text
+
+
 # ---- without a server -----------------------------------------------------------------------------
 
 
-def test_regression_in_process_matches_onnx_runtime(tmp_path: Path) -> None:
-    """Regression through the same layers the service uses: generated schema -> rows -> feeds -> ORT."""
+def test_generated_schema_and_decision_rule_in_process(model_dir: Path) -> None:
     from pydantic import TypeAdapter, ValidationError
 
-    from serving.tabular_schemas import feeds, records_type, tally, to_rows
+    from serving.tabular_schemas import decide, records_type, tally, to_rows
 
-    model_dir = build_tabular_model(tmp_path / "deploy", "regression")
-    loaded = load_model({"DLOPS_MODEL_DIR": str(model_dir)})
-    columns = loaded.manifest["input"]["columns"]
-    recs = records(25, seed=3) + [{**GOOD, "age": None, "region": "atlantis"}]
-    validated = TypeAdapter(records_type(columns)).validate_python(recs)
-    rows = to_rows(validated, columns)
-    assert tally(rows, columns)[1] == {"region": 1}
-    (got,) = loaded.session.run(["prediction"], feeds(rows, columns))
-    want = onnx_reference(model_dir, recs)
-    assert got.shape == (26, 1)
-    np.testing.assert_allclose(got, want, rtol=1e-6)
-    assert 100 < float(np.median(got)) < 5000  # target units (TargetScale), not standardised
-    with pytest.raises(ValidationError, match=r"records\[0\]\.age: expected a number"):
-        TypeAdapter(records_type(columns)).validate_python([{**GOOD, "age": "x"}])
+    columns = read_manifest(model_dir)["input"]["columns"]
+    adapter = TypeAdapter(records_type(columns))
+    rows = to_rows(adapter.validate_python([{**GOOD, "age": 7, "region": None}, {**GOOD, "gender": "X"}]), columns)
+    assert rows[0] == [7.0, 55.5, "F", None, "monthly"] and type(rows[0][0]) is float
+    assert tally(rows, columns) == ({"region": 1}, {"gender": 1})
+    with pytest.raises(ValidationError, match=r"records\[1\]\.contract: field required"):
+        adapter.validate_python([GOOD, {k: v for k, v in GOOD.items() if k != "contract"}])
+    probs = np.array([[0.6, 0.4], [0.8, 0.2], [0.3, 0.7]])
+    assert decide(probs, 0.3).tolist() == [1, 0, 1] and decide(probs, None).tolist() == [0, 0, 1]
+    assert decide(np.array([[0.2, 0.3, 0.5]]), 0.3).tolist() == [2]  # a threshold is for binary tasks only
+
+
+def test_load_model_checks_the_tabular_contract(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from serving.model import ModelLoadError
+
+    bad = tmp_path / "deploy"
+    shutil.copytree(model_dir, bad)
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["input"]["columns"][0]["name"] = "years"
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="graph inputs"):
+        load_model({"DLOPS_MODEL_DIR": str(bad)})
+    manifest["input"]["columns"][0]["type"] = "date"
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"input.columns\[0\]"):
+        load_model({"DLOPS_MODEL_DIR": str(bad)})
 
 
 def test_service_is_chosen_from_the_manifest(model_dir: Path, tmp_path: Path) -> None:
@@ -338,3 +382,24 @@ def test_service_is_chosen_from_the_manifest(model_dir: Path, tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "serving.tabular:TabularPredictor"
     assert service_for({"input": {"shape": [-1, 1, 8, 8]}}) == "serving.service:DigitsClassifier"
+
+
+def test_build_bento_picks_the_tabular_service(model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from serving.build import build_bento
+
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "serving", project / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(model_dir, project / "artifacts" / "deploy")
+    home = tmp_path / "bentoml_home"
+    name, version = build_bento(project, home).split(":")  # the deploy stage's call: no service named
+    bento = home / "bentos" / name / version
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert name == "dlops-tabular" and info["service"] == "serving.tabular:TabularPredictor"
+    assert info["labels"]["task"] == "classification"
+    assert (bento / "src" / "serving" / "tabular_schemas.py").is_file()
+    assert (bento / "src" / "artifacts" / "deploy" / "manifest.json").is_file()
+    assert not (bento / "src" / "serving" / "fixtures.py").exists()

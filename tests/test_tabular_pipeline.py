@@ -173,3 +173,30 @@ def test_wrong_baseline_for_the_task_names_the_key(churn_run):
     work, _ = churn_run
     with pytest.raises(Exception, match=r"evaluate\.baselines: \['linear'\] do not apply to classification"):
         evaluate.run(make_params(evaluate={"baselines": ["linear"]}), work / "split", work / "train", work / "x")
+
+
+@pytest.mark.slow
+def test_churn_service_over_http_equals_pipeline_predictions(churn_run, tmp_path):
+    """The whole path: raw test rows as JSON records -> `bentoml serve` -> the pipeline's answers."""
+    import httpx
+
+    from serving.fixtures import free_port, start_server, stop_server, wait_ready
+
+    work, _ = churn_run
+    raw = pd.read_parquet(work / "split" / "test.parquet").drop(columns=["churned"])
+    records = json.loads(raw.to_json(orient="records"))  # NaN/NA -> null, as a client would send
+    port = free_port()
+    proc = start_server(work / "deploy", port, tmp_path / "bentoml", tmp_path / "serve.log")
+    try:
+        wait_ready(proc, f"http://127.0.0.1:{port}", timeout=120)
+        resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": records}, timeout=60)
+    finally:
+        stop_server(proc)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    served = np.array([p["probabilities"] for p in body["predictions"]])
+    np.testing.assert_allclose(served, softmax(pipeline_predictions(work)), atol=1e-5)
+    threshold = json.loads((work / "deploy" / "manifest.json").read_text())["decision_threshold"]
+    expected = np.where(served[:, 1] >= threshold, "Yes", "No")
+    assert [p["label"] for p in body["predictions"]] == expected.tolist()
+    assert sum(body["notes"]["missing_values"].values()) == int(raw.isna().sum().sum())
