@@ -57,11 +57,14 @@ def tune_threshold(y_val: np.ndarray, p_val: np.ndarray, objective: str) -> tupl
     return best[2], best[0]
 
 
-def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float | None = None,
+                           pred: np.ndarray | None = None) -> dict[str, float]:
+    """Label metrics from ``pred`` (default: argmax, or the binary threshold), ranking metrics from ``proba``."""
     from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
                                  roc_auc_score)
 
-    pred = predict_labels(proba, threshold)
+    if pred is None:
+        pred = predict_labels(proba, threshold)
     out = {"accuracy": accuracy_score(y, pred), "balanced_accuracy": balanced_accuracy_score(y, pred),
            "macro_f1": f1_score(y, pred, average="macro")}
     if proba.shape[1] == 2:
@@ -125,8 +128,10 @@ def run_baselines(p: EvaluateParams, task: str, split_dir: Path, X_test: np.ndar
         model = _baseline(name, task, categorical).fit(flat_train, y_train)
         if task == "classification":
             proba = model.predict_proba(flat_test)
-            # same decision rule as the network: argmax, or the tuned threshold for a binary task
-            metrics = classification_metrics(y_test, proba, threshold)
+            # a binary task: the network's tuned threshold applies to the baseline's probabilities too;
+            # otherwise the baseline's own predict() (an SVC's Platt probabilities can disagree with it)
+            pred = None if threshold is not None and proba.shape[1] == 2 else model.predict(flat_test)
+            metrics = classification_metrics(y_test, proba, threshold, pred)
         else:
             metrics = regression_metrics(y_test, model.predict(flat_test))
         results[name] = {**metrics, "fit_seconds": round(time.perf_counter() - started, 3)}
