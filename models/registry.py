@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 # One module per family; imported on first use so that importing the registry stays cheap.
-FAMILIES = ("models.mlp", "models.cnn", "models.tabular")
+FAMILIES = ("models.mlp", "models.cnn", "models.tabular", "models.sequence")
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 
@@ -50,7 +50,7 @@ def get_model_class(name: str) -> Callable[..., Any]:
 
 
 # Arguments that come from the data (model_spec.json / the checkpoint), never from params.
-DATA_ARGS = frozenset({"input_shape", "num_outputs", "cardinalities"})
+DATA_ARGS = frozenset({"input_shape", "num_outputs", "cardinalities", "vocab_size"})
 
 
 def check_kwargs(name: str, kwargs: dict[str, Any]) -> None:
@@ -71,7 +71,8 @@ def create_model(name: str, input_shape: Sequence[int], num_outputs: int,
                  data_args: dict[str, Any] | None = None, **kwargs: Any) -> Any:
     """Build architecture ``name`` for inputs of ``input_shape`` (no batch axis).
 
-    ``data_args`` are other facts about the data (e.g. ``cardinalities`` of categorical columns);
+    ``data_args`` are other facts about the data (e.g. ``cardinalities`` of categorical columns,
+    ``vocab_size`` of a tokenized text);
     each is passed only to architectures whose constructor takes it.
     """
     check_kwargs(name, kwargs)

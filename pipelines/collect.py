@@ -4,6 +4,8 @@ Arrays (images) -> ``data.npz`` (X, y) + ``profile.json``. Tables -> ``data.parq
 feature columns in their original order, numeric as float64 and categorical as the pandas
 ``string`` dtype, then the target: class-label text or float64) + ``profile.json`` (per-column
 types and stats, dropped columns and why, target summary, data hash); see ``pipelines.tabular``.
+Texts (``data.text`` set) -> ``data.parquet`` (``text``, ``label``) + ``profile.json`` (classes,
+script, lengths, dropped rows); see ``pipelines.text``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from pipelines.cli import step_main
 from pipelines.files import save_arrays, sha256_arrays, staged_outputs, write_json
 from pipelines.params import Params, section_dict
-from pipelines.sources import Dataset, Table, load_source, validate_dataset
+from pipelines.sources import Dataset, Table, TextTable, load_source, validate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def run(params: Params, out_dir: Path) -> dict[str, Any]:
     loaded = load_source(params.data)
     if isinstance(loaded, Table):
         return _run_table(loaded, params, out_dir)
+    if isinstance(loaded, TextTable):
+        return _run_text(loaded, params, out_dir)
     ds = loaded
     # Array sources are classification unless told otherwise (digits refuses regression itself).
     task = "classification" if params.data.task == "auto" else params.data.task
@@ -80,6 +84,20 @@ def _run_table(table: Table, params: Params, out_dir: Path) -> dict[str, Any]:
     log.info("collected %d rows x %d features from %s: task %s, dropped %s (%s)", prof["rows"],
              len(prep.kinds), table.origin, prep.task, [d["name"] for d in prep.dropped] or "none",
              ", ".join(prep.checks))
+    return {"rows": prof["rows"], "data_hash": prof["data_hash"]}
+
+
+def _run_text(table: TextTable, params: Params, out_dir: Path) -> dict[str, Any]:
+    from pipelines.text import prepare_texts, text_profile  # pandas + tokenizers only for texts
+
+    prep = prepare_texts(table, params.data)
+    prof = text_profile(prep, params.data)
+    with staged_outputs(out_dir) as tmp:
+        prep.frame.to_parquet(tmp / "data.parquet", engine="pyarrow", index=False)
+        write_json(tmp / "profile.json", prof)
+    log.info("collected %d texts from %s: %d classes (imbalance %.3g), script %s, %d rows dropped (%s)",
+             prof["rows"], table.origin, prof["num_classes"], prof["imbalance_ratio"], prof["script"],
+             prof["dropped_rows"]["total"], ", ".join(prep.checks))
     return {"rows": prof["rows"], "data_hash": prof["data_hash"]}
 
 

@@ -24,6 +24,8 @@ def fit_preprocess(X_train: np.ndarray, kind: str) -> dict[str, Any]:
 
 
 def apply_preprocess(X: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+    if state["kind"] == "text":  # token ids (int64), encoded in split by the train-fitted tokenizer
+        return X
     X = X.astype(np.float32)
     if state["kind"] == "tabular":  # transformed in split by the fitted ColumnTransformer
         return X

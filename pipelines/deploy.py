@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -77,7 +78,7 @@ def current_champion(client: Any, name: str, metric: str) -> tuple[str | None, f
     return str(mv.version), float(value) if value is not None else None
 
 
-def register(p: DeployParams, onnx_path: Path, draft_manifest: Path, run_id: str, gate: dict, metrics: dict,
+def register(p: DeployParams, onnx_path: Path, extra_files: list[Path], run_id: str, gate: dict, metrics: dict,
              X_example: Any, logits_example: np.ndarray) -> dict[str, Any]:
     """Log the ONNX model to the training run, register a version, set its alias."""
     import mlflow
@@ -92,7 +93,7 @@ def register(p: DeployParams, onnx_path: Path, draft_manifest: Path, run_id: str
         info = mlflow.onnx.log_model(
             onnx.load(str(onnx_path)), name="onnx-model", registered_model_name=p.model_name,
             signature=infer_signature(X_example, logits_example), pip_requirements=["onnxruntime", "numpy"],
-            save_as_external_data=False, extra_files=[str(draft_manifest)],
+            save_as_external_data=False, extra_files=[str(f) for f in extra_files],
             onnx_execution_providers=["CPUExecutionProvider"], await_registration_for=60,
         )
     version = str(info.registered_model_version)
@@ -124,6 +125,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
         started = time.perf_counter()
         if split["kind"] == "tabular":
             parity, schema = _export_tabular(p, net, split_dir, split, preprocess, tmp)
+        elif split["kind"] == "text":
+            parity, schema = _export_text(p, net, split_dir, split, preprocess, tmp)
         else:
             parity, schema = _export_array(p, net, split_dir, split, preprocess, tmp)
         parity["export"]["seconds"] = round(time.perf_counter() - started, 2)
@@ -135,22 +138,22 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
             "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
             "gate": gate["passed"], "decision_threshold": gate.get("decision_threshold"),
-            "task": split["task"], "kind": split["kind"], "target": split.get("target"), **schema,
+            "task": split["task"], "kind": split["kind"], "target": split.get("target"),
+            **{k: v for k, v in schema.items() if k != "files"},
             "classes": split.get("classes"), "bento_tag": None,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "params": section_dict(p),
         }
         write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
         if p.register:
-            manifest.update(register(p, tmp / "model.onnx", tmp / "manifest.json", run_info["run_id"], gate,
-                                     metrics, *example))
+            extra = [tmp / "manifest.json", *(tmp / f for f in schema.get("files", []))]
+            manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics, *example))
         write_json(tmp / "manifest.json", manifest)
     if p.build_bento:
         try:
             manifest["bento_tag"] = build_bento(Path(out_dir))
         except Exception:
-            for name in ("model.onnx", "parity.json", "manifest.json"):  # no partial outputs
-                (Path(out_dir) / name).unlink(missing_ok=True)
+            shutil.rmtree(out_dir, ignore_errors=True)  # no partial outputs
             raise
         write_json(Path(out_dir) / "manifest.json.tmp", manifest)
         os.replace(Path(out_dir) / "manifest.json.tmp", Path(out_dir) / "manifest.json")
@@ -220,6 +223,42 @@ def _export_tabular(p: DeployParams, net: Any, split_dir: Path, split: dict, pre
     return _checked(parity, p), schema
 
 
+def _export_text(p: DeployParams, net: Any, split_dir: Path, split: dict, preprocess: dict,
+                 tmp: Path) -> tuple[dict, dict]:
+    """Token ids in (batch and sequence axes dynamic), logits out; the tokenizer ships beside it."""
+    import torch
+
+    from pipelines.data import load_split
+    from pipelines.export import INPUT_NAME, OUTPUT_NAME, export_onnx
+    from serving.runtime import make_session
+
+    X_test, _ = load_split(split_dir, "test")
+    longest = int((X_test != 0).sum(1).max())
+    export = export_onnx(net, split["input_shape"], tmp / "model.onnx", example=torch.from_numpy(X_test[:4]),
+                         dynamic_axes={0: "batch", 1: "seq"})
+    shutil.copy(split_dir / preprocess["tokenizer"], tmp / "tokenizer.json")
+    session = make_session(tmp / "model.onnx")
+    reports = []
+    # the full padded width and a trimmed one: the sequence axis must really be dynamic
+    for width in sorted({X_test.shape[1], max(2, longest // 2)}):
+        X = np.ascontiguousarray(X_test[:, :width])
+        with torch.no_grad():
+            reference = net(torch.from_numpy(X)).numpy()
+        report = parity_check(session, reference, lambda s, X=X: {INPUT_NAME: X[s]}, p.parity_batch_sizes, p.parity_atol)
+        reports.append({**report, "seq_len": width})
+    parity = {"rows": reports[0]["rows"], "atol": p.parity_atol, "scale": 1.0,
+              "max_abs_diff": max(r["max_abs_diff"] for r in reports),
+              "mean_abs_diff": float(np.mean([r["mean_abs_diff"] for r in reports])),
+              "label_agreement": min(r["label_agreement"] for r in reports),
+              "passed": all(r["passed"] for r in reports), "by_seq_len": reports, "export": export}
+    parity["signature_example"] = (X_test[:2], session.run(None, {INPUT_NAME: X_test[:2]})[0])
+    schema = {"input": {"kind": "texts", "name": INPUT_NAME, "dtype": "int64", "max_len": preprocess["max_len"],
+                        "tokenizer": "tokenizer.json", "tokenizer_sha256": sha256_file(tmp / "tokenizer.json")},
+              "output": {"name": OUTPUT_NAME, "shape": [-1, len(split["classes"])], "dtype": "float32"},
+              "files": ["tokenizer.json"]}
+    return _checked(parity, p), schema
+
+
 def _checked(parity: dict, p: DeployParams) -> dict:
     if not parity["passed"]:
         agreement = parity["label_agreement"]
@@ -235,7 +274,6 @@ def build_bento(model_dir: Path) -> str:
 
     The Bento's copy of manifest.json cannot hold its own tag; the deploy output's copy does.
     """
-    import shutil
     import tempfile
 
     from serving.build import build_bento as bentoml_build
@@ -245,8 +283,9 @@ def build_bento(model_dir: Path) -> str:
         ctx_path = Path(ctx)
         shutil.copytree(root / "serving", ctx_path / "serving", ignore=shutil.ignore_patterns("__pycache__"))
         (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
-        for name in ("model.onnx", "manifest.json"):
-            shutil.copy(model_dir / name, ctx_path / "artifacts" / "deploy" / name)
+        for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
+            if path.name != "parity.json":
+                shutil.copy(path, ctx_path / "artifacts" / "deploy" / path.name)
         return bentoml_build(ctx_path, None)
 
 

@@ -26,11 +26,12 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     task = split["task"]
     num_outputs = len(split["classes"]) if task == "classification" else 1
     preprocess = read_json(Path(split_dir) / "preprocess.json")
-    data_args = {"cardinalities": preprocess["cardinalities"]} if preprocess["kind"] == "tabular" else {}
+    data_args = {"tabular": {"cardinalities": preprocess.get("cardinalities")},
+                 "text": {"vocab_size": preprocess.get("vocab_size")}}.get(preprocess["kind"], {})
     net = create_model(params.model.name, input_shape, num_outputs, data_args=data_args, **params.model.kwargs)
 
     X, _ = load_split(Path(split_dir), "train")
-    batch = torch.from_numpy(X[:2])
+    batch = torch.from_numpy(X[:2])  # float features/images, or int64 token ids
     net.eval()
     with torch.no_grad():
         out = net(batch)
@@ -42,7 +43,7 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
         "kwargs": params.model.kwargs,
         "data_args": data_args,
         "task": task,
-        "input": {"name": "input", "shape": [-1, *input_shape], "dtype": "float32"},
+        "input": {"name": "input", "shape": [-1, *input_shape], "dtype": str(X.dtype)},
         "output": {"name": "logits" if task == "classification" else "prediction",
                    "shape": [-1, num_outputs], "dtype": "float32"},
         "num_outputs": num_outputs,

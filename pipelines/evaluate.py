@@ -18,7 +18,8 @@ from pipelines.params import EvaluateParams, Params, ParamsError, section_dict
 
 log = logging.getLogger(__name__)
 
-BASELINES = {"classification": ("logreg", "svc", "knn", "gboost"), "regression": ("linear", "knn", "gboost")}
+BASELINES = {"classification": ("logreg", "svc", "knn", "gboost"), "regression": ("linear", "knn", "gboost"),
+             "text": ("tfidf_logreg",)}
 
 
 def load_network(checkpoint: Path) -> Any:
@@ -117,10 +118,35 @@ def _baseline(name: str, task: str, categorical: list[int]) -> Any:
     }[(task, name)]()
 
 
+def text_baseline(split_dir: Path, level: str) -> tuple[Any, Any, Any]:
+    """TF-IDF + logistic regression on the raw train texts (word or character n-grams, like the tokenizer)."""
+    import pandas as pd
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    train, test = (pd.read_parquet(split_dir / f"{n}.parquet") for n in ("train", "test"))
+    vectorizer = (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True) if level == "word"
+                  else TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True))
+    model = make_pipeline(vectorizer, LogisticRegression(max_iter=5000))
+    return model, train["text"].tolist(), test["text"].tolist()
+
+
 def run_baselines(p: EvaluateParams, task: str, split_dir: Path, X_test: np.ndarray, y_test: np.ndarray,
-                  categorical: list[int], threshold: float | None) -> dict[str, Any]:
+                  categorical: list[int], threshold: float | None, text_level: str | None = None) -> dict[str, Any]:
     """Fit each baseline on the same train split and preprocessing, score it on the same test rows."""
     X_train, y_train = load_split(split_dir, "train")
+    if text_level:  # the same split's raw texts
+        results = {}
+        for name in p.baselines:
+            started = time.perf_counter()
+            model, train_texts, test_texts = text_baseline(split_dir, text_level)
+            model.fit(train_texts, y_train)
+            proba = model.predict_proba(test_texts)
+            pred = None if threshold is not None and proba.shape[1] == 2 else model.predict(test_texts)
+            results[name] = {**classification_metrics(y_test, proba, threshold, pred),
+                             "fit_seconds": round(time.perf_counter() - started, 3)}
+        return results
     flat_train, flat_test = X_train.reshape(len(X_train), -1), X_test.reshape(len(X_test), -1)
     results = {}
     for name in p.baselines:
@@ -138,10 +164,11 @@ def run_baselines(p: EvaluateParams, task: str, split_dir: Path, X_test: np.ndar
     return results
 
 
-def _check_params(p: EvaluateParams, task: str) -> None:
-    wrong = [b for b in p.baselines if b not in BASELINES[task]]
+def _check_params(p: EvaluateParams, task: str, kind: str) -> None:
+    family = "text" if kind == "text" else task
+    wrong = [b for b in p.baselines if b not in BASELINES[family]]
     if wrong:
-        raise ParamsError(f"evaluate.baselines: {wrong} do not apply to {task} (valid: {', '.join(BASELINES[task])})")
+        raise ParamsError(f"evaluate.baselines: {wrong} do not apply to {family} (valid: {', '.join(BASELINES[family])})")
 
 
 def _gate(p: EvaluateParams, task: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -159,8 +186,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
     split_dir, train_dir = Path(split_dir), Path(train_dir)
     split = read_json(split_dir / "split.json")
     preprocess = read_json(split_dir / "preprocess.json")
-    task = split["task"]
-    _check_params(p, task)
+    task, kind = split["task"], split["kind"]
+    _check_params(p, task, kind)
     run_info = read_json(train_dir / "run.json")
     net = load_network(train_dir / "model.pt")
     X_test, y_test = load_split(split_dir, "test")
@@ -178,6 +205,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
                                     "tuned_on": "val"}
         metrics.update(classification_metrics(y_test, proba, threshold))
         files = _classification_files(y_test, proba, threshold, split["classes"])
+        if kind == "text":
+            files["confidently_wrong.csv"] = _confidently_wrong(split_dir, y_test, proba, threshold, split["classes"])
     else:
         scaler = target_scaler(split_dir)
         pred = predict_outputs(net, X_test)[:, 0] * scaler["std"] + scaler["mean"]
@@ -185,7 +214,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
         files = {"predictions.csv": [("actual", "predicted", "residual"),
                                      *((float(a), float(b), float(a - b)) for a, b in zip(y_test, pred))]}
     metrics["fit_seconds"] = run_info["fit_seconds"]  # beside the baselines' own, for "is it worth it?"
-    metrics["baselines"] = run_baselines(p, task, split_dir, X_test, y_test, categorical, threshold)
+    metrics["baselines"] = run_baselines(p, task, split_dir, X_test, y_test, categorical, threshold,
+                                         preprocess.get("level") if kind == "text" else None)
     _compare(metrics, task)
     gate = {**_gate(p, task, metrics), "decision_threshold": threshold, "run_id": run_info["run_id"],
             "params": section_dict(p)}
@@ -235,6 +265,19 @@ def _classification_files(y: np.ndarray, proba: np.ndarray, threshold: float | N
             "confusion.csv": [("actual", "predicted"), *((classes[a], classes[b]) for a, b in zip(y, pred))],
             "roc.csv": [("fpr", "tpr"), *zip(fpr.round(6), tpr.round(6))],
             "pr.csv": [("recall", "precision"), *zip(recall.round(6), precision.round(6))]}
+
+
+def _confidently_wrong(split_dir: Path, y: np.ndarray, proba: np.ndarray, threshold: float | None,
+                       classes: list[str], top: int = 25) -> list[tuple]:
+    """The test texts the model got wrong with the most confidence: where to look first."""
+    import pandas as pd
+
+    texts = pd.read_parquet(split_dir / "test.parquet")["text"].tolist()
+    pred = predict_labels(proba, threshold)
+    wrong = np.flatnonzero(pred != y)
+    wrong = wrong[np.argsort(-proba[wrong, pred[wrong]])][:top]
+    return [("text", "label", "predicted", "confidence"),
+            *((texts[i], classes[y[i]], classes[pred[i]], round(float(proba[i, pred[i]]), 4)) for i in wrong)]
 
 
 def _pngs(task: str, files: dict[str, Any], classes: list[str] | None, out: Path) -> None:

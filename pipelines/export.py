@@ -32,31 +32,67 @@ class Deployable(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def export_onnx(model: nn.Module, input_shape: list[int], path: str | Path, example_batch: int = 4,
-                output_name: str = OUTPUT_NAME) -> dict[str, Any]:
-    """Export with the dynamo exporter, a dynamic batch axis and one self-contained file.
+def token_example(batch: int = 4, max_len: int = 7, vocab_size: int = 2, seed: int = 0) -> Tensor:
+    """An int64 ``[batch, max_len]`` example for sequence models: ids in ``[1, vocab_size)``, rows of
+    unequal lengths (the longest fills ``max_len``), right-padded with 0. Sizes stay >= 2 so that
+    neither axis is frozen by the exporter."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, max(vocab_size, 2), (batch, max_len), generator=g)
+    lengths = torch.linspace(max_len, 1, batch).round().long()
+    return torch.where(torch.arange(max_len)[None, :] < lengths[:, None], ids, 0)
 
-    An example batch of 1 silently freezes the batch axis to 1 in this exporter, so the example
-    is >= 2 and the exported input shape is checked afterwards.
+
+def _clear_rnn_dispatch_cache() -> None:
+    """Forget dispatch decisions cached on the RNN overloads by an earlier export.
+
+    The first export decomposes ``aten.lstm.input`` (``aten.gru.input``) and caches the chosen
+    kernel (``AutogradCPU -> lstm_impl``) in ``OpOverload._dispatch_cache``; a second dynamo export
+    of an LSTM/GRU in the same process goes through that stale entry and silently bakes in the
+    example's sequence length (measured on torch 2.13). Clearing it costs one re-lookup per export.
+    """
+    for packet in (torch.ops.aten.lstm, torch.ops.aten.gru, torch.ops.aten.rnn_tanh, torch.ops.aten.rnn_relu):
+        for overload in ("input", "data"):
+            cache = getattr(getattr(packet, overload, None), "_dispatch_cache", None)
+            if cache is not None:
+                cache.clear()
+
+
+def export_onnx(model: nn.Module, input_shape: list[int], path: str | Path, example_batch: int = 4,
+                output_name: str = OUTPUT_NAME, example: Tensor | None = None,
+                dynamic_axes: dict[int, str] | None = None) -> dict[str, Any]:
+    """Export with the dynamo exporter, dynamic axes and one self-contained file.
+
+    By default the example is a float ``[example_batch, *input_shape]`` batch with a dynamic batch
+    axis. Sequence models pass ``example`` (its dtype is kept, e.g. ``token_example()``) and
+    ``dynamic_axes={0: "batch", 1: "seq"}``. An example size of 1 silently freezes that axis in this
+    exporter, so every dynamic axis of the example is >= 2 and the exported input shape is checked.
     """
     import onnx
 
-    if example_batch < 2:
-        raise ValueError("example_batch must be >= 2 (a batch of 1 freezes the batch axis)")
+    if example is None:
+        if example_batch < 2:
+            raise ValueError("example_batch must be >= 2 (a batch of 1 freezes the batch axis)")
+        example = torch.randn(example_batch, *input_shape)
+    axes = dict(dynamic_axes or {0: "batch"})
+    for axis, name in axes.items():
+        if example.shape[axis] < 2:
+            raise ValueError(f"example axis {axis} ({name!r}) has size {example.shape[axis]}: "
+                             "an example size of 1 freezes the axis")
+    shapes = {axis: torch.export.Dim(name, min=1, max=65536) for axis, name in axes.items()}
     model = model.eval()
-    example = torch.randn(example_batch, *input_shape)
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    _clear_rnn_dispatch_cache()
     with torch.no_grad():
         program = torch.onnx.export(
             model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[output_name],
-            dynamic_shapes=({0: batch},), external_data=False, verbose=False, opset_version=ONNX_OPSET,
+            dynamic_shapes=(shapes,), external_data=False, verbose=False, opset_version=ONNX_OPSET,
         )
     program.save(str(path), external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     proto = onnx.load(str(path))
     dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if not dims[0].dim_param:
-        raise RuntimeError(f"{path}: batch axis was frozen to {dims[0].dim_value} during export")
+    frozen = {name: dims[axis].dim_value for axis, name in axes.items() if not dims[axis].dim_param}
+    if frozen:
+        raise RuntimeError(f"{path}: dynamic axes frozen during export: {frozen}")
     return {"opset": proto.opset_import[0].version, "input_shape": [d.dim_param or d.dim_value for d in dims],
             "ir_version": proto.ir_version}
 

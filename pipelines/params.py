@@ -30,18 +30,32 @@ class DataParams:
 
     ``target`` names the target column of a table (required for ``csv:``/``parquet:`` files, which
     the file sources check; bundled tables default it); ``drop`` lists columns to leave out.
+
+    ``text`` names a text column: the source is then a text-classification corpus (``csv:``,
+    ``jsonl:`` or ``parquet:``) whose labels are in ``target``; rows with an empty text or a missing
+    label are dropped and reported (``empty_texts: drop``) or stop collect (``empty_texts: error``).
     """
 
     source: str = "sklearn:digits"
     task: Literal["auto", "classification", "regression"] = "auto"
     target: str = ""
     drop: tuple[str, ...] = ()
+    text: str = ""
+    empty_texts: Literal["drop", "error"] = "drop"
 
     def __post_init__(self) -> None:
         if not self.source.strip():
             raise ParamsError("data.source: must not be empty")
-        if self.target != self.target.strip():
-            raise ParamsError(f"data.target: has leading/trailing spaces: {self.target!r}")
+        for key in ("target", "text"):
+            if getattr(self, key) != getattr(self, key).strip():
+                raise ParamsError(f"data.{key}: has leading/trailing spaces: {getattr(self, key)!r}")
+        if self.text:
+            if self.text == self.target:
+                raise ParamsError(f"data.text: {self.text!r} is also the label column (data.target)")
+            if self.task == "regression":
+                raise ParamsError("data.task: text sources (data.text set) are classification only, got 'regression'")
+            if self.drop:
+                raise ParamsError("data.drop: not used with data.text (only the text and label columns are read)")
         for i, name in enumerate(self.drop):
             if not name.strip():
                 raise ParamsError(f"data.drop[{i}]: empty column name")
@@ -64,6 +78,29 @@ class SplitParams:
                 raise ParamsError(f"split.{key}: must be in (0, 1), got {getattr(self, key)}")
         if self.val_fraction + self.test_fraction >= 1.0:
             raise ParamsError("split.val_fraction + split.test_fraction: must be < 1")
+
+
+@dataclass(frozen=True)
+class TextParams:
+    """Tokenizer for text sources, fitted in split on the train texts only (``pipelines/text.py``).
+
+    ``level``: ``word`` splits on whitespace and punctuation and isolates each CJK character (so
+    Chinese/Japanese are character-level, English word-level); ``char`` makes every character a
+    token; ``auto`` is ``char`` when collect profiled the corpus as CJK script, else ``word``.
+    The vocabulary keeps tokens seen ``min_frequency`` times, at most ``max_vocab`` of them
+    (``<pad>`` and ``<unk>`` included); sequences are cut to ``max_len`` tokens.
+    """
+
+    level: Literal["auto", "word", "char"] = "auto"
+    lowercase: bool = True
+    min_frequency: int = 2
+    max_vocab: int = 20000
+    max_len: int = 128
+
+    def __post_init__(self) -> None:
+        for key, low in (("min_frequency", 1), ("max_vocab", 3), ("max_len", 1)):
+            if getattr(self, key) < low:
+                raise ParamsError(f"text.{key}: must be >= {low}, got {getattr(self, key)}")
 
 
 @dataclass(frozen=True)
@@ -115,7 +152,7 @@ class EvaluateParams:
     min_r2: float = 0.0         # gate for regression
     # binary classification: decision threshold tuned on the validation split for this objective
     threshold_objective: Literal["f1", "balanced_accuracy", "none"] = "f1"
-    baselines: tuple[Literal["logreg", "svc", "knn", "gboost", "linear"], ...] = ("logreg", "svc")
+    baselines: tuple[Literal["logreg", "svc", "knn", "gboost", "linear", "tfidf_logreg"], ...] = ("logreg", "svc")
 
 
 @dataclass(frozen=True)
@@ -137,6 +174,7 @@ class DeployParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
+    text: TextParams = field(default_factory=TextParams)
     model: ModelParams = field(default_factory=ModelParams)
     optim: OptimParams = field(default_factory=OptimParams)
     train: TrainParams = field(default_factory=TrainParams)

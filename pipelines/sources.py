@@ -1,11 +1,12 @@
 """Data sources: a small pluggable interface. A source turns ``data`` params into a ``Dataset``
-(arrays: images) or a ``Table`` (a raw data frame, typed and validated by ``pipelines.tabular``).
+(arrays: images), a ``Table`` (a raw data frame, typed and validated by ``pipelines.tabular``) or,
+when ``data.text`` names a text column, a ``TextTable`` (validated by ``pipelines.text``).
 
 Register a new one with ``@register_source("kind:name")``; ``data.source`` picks it by name. A name
 ending in ``<arg>`` is a prefix that takes an argument: ``@register_source("csv:<path>")`` serves
 ``data.source: csv:data/churn.csv`` (the function reads the argument with ``source_arg``).
-Every dataset goes through ``validate_dataset`` (arrays) or ``tabular.prepare_table`` (tables)
-before anything is written.
+Every dataset goes through ``validate_dataset`` (arrays), ``tabular.prepare_table`` (tables) or
+``text.prepare_texts`` (texts) before anything is written.
 """
 
 from __future__ import annotations
@@ -52,7 +53,20 @@ class Table:
     task: Literal["classification", "regression"] | None = None
 
 
-SourceFn = Callable[[DataParams], Union[Dataset, Table]]
+@dataclass(frozen=True)
+class TextTable:
+    """A text-classification file as read: ``frame`` holds every column, data row i at index i
+    (0-based, the header is not a row); ``text`` and ``target`` name the text and label columns.
+    ``lines`` gives the 1-based file line of each row where the file has lines per row (JSONL)."""
+
+    frame: pd.DataFrame
+    text: str
+    target: str
+    origin: str
+    lines: tuple[int, ...] | None = None
+
+
+SourceFn = Callable[[DataParams], Union[Dataset, Table, TextTable]]
 _SOURCES: dict[str, SourceFn] = {}
 _PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {}  # "csv:" -> ("csv:<path>", accepted suffixes)
 
@@ -92,7 +106,7 @@ def _lookup(source: str) -> SourceFn | None:
     return None
 
 
-def load_source(params: DataParams) -> Dataset | Table:
+def load_source(params: DataParams) -> Dataset | Table | TextTable:
     fn = _lookup(params.source)
     if fn is None:
         hints = [f"; {name} needs a path ending in {' or '.join(suffixes)}"
@@ -100,7 +114,11 @@ def load_source(params: DataParams) -> Dataset | Table:
         raise ParamsError(
             f"data.source: unknown source {params.source!r} (valid: {', '.join(list_sources())})" + "".join(hints)
         )
-    return fn(params)
+    loaded = fn(params)
+    if params.text and not isinstance(loaded, TextTable):
+        raise ParamsError(f"data.text: {params.source!r} is not a text source (text columns are read from "
+                          "csv:, jsonl: and parquet: files); leave data.text unset")
+    return loaded
 
 
 @register_source("sklearn:digits")
@@ -159,7 +177,8 @@ def _table_file(params: DataParams) -> Path:
     """The file named by ``csv:<path>``/``parquet:<path>`` (relative to the current dir), checked."""
     path = Path(source_arg(params))
     if not params.target:
-        raise ParamsError(f"data.target: required for {params.source!r} (the name of the target column)")
+        what = "label" if params.text else "target"
+        raise ParamsError(f"data.target: required for {params.source!r} (the name of the {what} column)")
     if not path.exists():
         raise DataError(f"{path}: file not found (from data.source {params.source!r}; "
                         f"relative paths are from {Path.cwd()})")
@@ -170,23 +189,68 @@ def _table_file(params: DataParams) -> Path:
     return path
 
 
+def _file_result(frame: pd.DataFrame, params: DataParams, path: Path,
+                 lines: tuple[int, ...] | None = None) -> Table | TextTable:
+    if params.text:
+        return TextTable(frame=frame, text=params.text, target=params.target, origin=str(path), lines=lines)
+    return Table(frame=frame, target=params.target, origin=str(path))
+
+
 @register_source("csv:<path>", suffixes=(".csv", ".csv.gz"))
-def csv_file(params: DataParams) -> Table:
-    """A CSV file with a header row; empty cells and the usual NA spellings are missing."""
+def csv_file(params: DataParams) -> Table | TextTable:
+    """A CSV file with a header row; empty cells and the usual NA spellings are missing.
+
+    With ``data.text`` every cell is read as written (a review saying "NA" is text): only empty
+    cells are missing.
+    """
     import pandas as pd
 
     path = _table_file(params)
+    text_kw = {"dtype": str, "keep_default_na": False} if params.text else {"skipinitialspace": True}
     try:
-        frame = pd.read_csv(path, skipinitialspace=True, low_memory=False)
+        frame = pd.read_csv(path, low_memory=False, **text_kw)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (no header row)") from None
     except (OSError, ValueError) as exc:  # ParserError and UnicodeDecodeError are ValueErrors
         raise DataError(f"{path}: not a readable CSV file: {exc}") from None
-    return Table(frame=frame, target=params.target, origin=str(path))
+    return _file_result(frame, params, path)
+
+
+@register_source("jsonl:<path>", suffixes=(".jsonl", ".jsonl.gz", ".ndjson"))
+def jsonl_file(params: DataParams) -> Table | TextTable:
+    """JSON Lines: one JSON object per line (blank lines skipped); keys are columns, a key absent
+    from a line is a missing value there. Errors name the file line."""
+    import gzip
+    import json
+
+    import pandas as pd
+
+    path = _table_file(params)
+    records: list[dict] = []
+    lines: list[int] = []
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}: line {lineno}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
+                records.append(record)
+                lines.append(lineno)
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable JSONL file: {exc}") from None
+    if not records:
+        raise DataError(f"{path}: no JSON objects (only blank lines)")
+    frame = pd.DataFrame.from_records(records)
+    return _file_result(frame, params, path, tuple(lines))
 
 
 @register_source("parquet:<path>", suffixes=(".parquet", ".pq"))
-def parquet_file(params: DataParams) -> Table:
+def parquet_file(params: DataParams) -> Table | TextTable:
     """A Parquet file (read with pyarrow)."""
     import pandas as pd
     import pyarrow as pa
@@ -196,7 +260,7 @@ def parquet_file(params: DataParams) -> Table:
         frame = pd.read_parquet(path, engine="pyarrow")
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {exc}") from None
-    return Table(frame=frame, target=params.target, origin=str(path))
+    return _file_result(frame, params, path)
 
 
 def validate_dataset(ds: Dataset, task: str) -> list[str]:

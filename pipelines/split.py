@@ -65,6 +65,10 @@ def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
     prof = read_json(Path(collect_dir) / "profile.json")
     if prof["kind"] == "tabular":
         return run_tabular(params, prof, Path(collect_dir), Path(out_dir))
+    if prof["kind"] == "text":
+        from pipelines.text import split_text  # tokenizers only for texts
+
+        return split_text(params, prof, Path(collect_dir), Path(out_dir))
     data = load_arrays(Path(collect_dir) / "data.npz", "X", "y")
     X, y = data["X"], data["y"]
     stratify = params.split.stratify and prof["task"] == "classification"

@@ -1,7 +1,8 @@
 """Build the Bento (``bentoml build -f serving/bentofile.yaml <project_root>``) and return its tag.
 
 The service is the one that speaks the packaged model (its manifest's ``kind``): the digits
-classifier, or the tabular predictor, built from a copy of the bentofile with its service and name.
+classifier, or the tabular predictor or text classifier, built from a copy of the bentofile with its
+service and name.
 
     python -m serving.build [--bentoml-home DIR]
     python -m serving.build --print-service     # the service for the model DLOPS_MODEL_* names (make serve)
@@ -23,11 +24,15 @@ logger = logging.getLogger(__name__)
 BENTOFILE = Path("serving") / "bentofile.yaml"
 MODEL_DIR = Path("artifacts") / "deploy"
 MODEL_FILES = (MODEL_DIR / "model.onnx", MODEL_DIR / "manifest.json")
+TOKENIZER_FILE = MODEL_DIR / "tokenizer.json"  # a text model's tokenizer: the bentofile ships it
 # bento name and description per service; the bentofile's own service needs no rewrite
 BENTOS = {
     "serving.tabular:TabularPredictor": (
         "dlops-tabular", "dlops tabular predictor: ONNX Runtime behind a BentoML 1.4 service "
                          "(POST /predict with JSON records, GET /metadata)"),
+    "serving.text:TextClassifier": (
+        "dlops-text", "dlops text classifier: tokenizer + ONNX Runtime behind a BentoML 1.4 service "
+                      "(POST /predict with JSON texts, GET /metadata)"),
 }
 
 
@@ -41,13 +46,15 @@ def build_bento(project_root: Path, bentoml_home: Path | None = None, timeout: f
         bentoml_home: the Bento store; ``BENTOML_HOME`` / ``~/bentoml`` when None.
         service: ``module:Class`` to package; None: the one for artifacts/deploy/manifest.json.
     """
-    from serving.model import read_manifest, service_for
+    from serving.model import is_text, read_manifest, service_for
 
     project_root = Path(project_root).resolve()
     missing = [str(project_root / f) for f in (BENTOFILE, *MODEL_FILES) if not (project_root / f).is_file()]
     if missing:
         raise FileNotFoundError(f"cannot build the bento, missing: {', '.join(missing)}")
     manifest = read_manifest(project_root / MODEL_DIR)
+    if is_text(manifest):
+        _check_tokenizer(project_root, manifest)
     service = service or service_for(manifest)
     # `bentoml build` imports the service, and the tabular one builds its schema from the packaged model
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DLOPS_MODEL_DIR": str(project_root / MODEL_DIR)}
@@ -65,6 +72,14 @@ def build_bento(project_root: Path, bentoml_home: Path | None = None, timeout: f
         raise RuntimeError(f"bentoml build printed no tag: {proc.stdout.strip()[-2000:]}")
     logger.info("built bento %s", tags[-1])
     return tags[-1]
+
+
+def _check_tokenizer(project_root: Path, manifest: dict[str, Any]) -> None:
+    """The text model's tokenizer is where the bentofile's include finds it."""
+    if manifest["input"]["tokenizer"] != TOKENIZER_FILE.name:
+        raise ValueError(f"the bento ships {TOKENIZER_FILE}, the manifest names {manifest['input']['tokenizer']!r}")
+    if not (project_root / TOKENIZER_FILE).is_file():
+        raise FileNotFoundError(f"cannot build the bento, missing: {project_root / TOKENIZER_FILE}")
 
 
 def _bentofile_for(bentofile: Path, service: str, manifest: dict[str, Any], tmp: Path) -> Path:

@@ -44,6 +44,79 @@ def build_demo_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+# A small English + Chinese corpus for the text demo model's tokenizer (Chinese: one token a character).
+TEXT_CORPUS = [
+    "this movie was great and the acting was wonderful", "worst purchase ever , do not buy",
+    "the food was good but the service was slow", "i love this phone , the battery lasts all day",
+    "terrible customer support and a broken product", "an excellent book that i will read again",
+    "这部电影太好看了", "服务很差，再也不来了", "质量很好，物流也很快", "价格便宜但是质量一般",
+    "我非常喜欢这个手机", "太失望了，完全不值这个价",
+]
+CJK = r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]"
+
+
+def build_text_tokenizer(out_path: Path, corpus: list[str] | None = None) -> Path:
+    """Fit a WordLevel tokenizer (<pad> = 0, <unk> = 1; whitespace words, each CJK character alone)."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.trainers import WordLevelTrainer
+
+    tokenizer = Tokenizer(WordLevel(unk_token="<unk>"))
+    # control characters are dropped (as BERT's clean_text does): a text of only those has no tokens
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase(),
+                                                 normalizers.Replace(Regex(r"[\x00-\x08\x0e-\x1f\x7f]"), "")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
+                                                       pre_tokenizers.Whitespace()])
+    tokenizer.train_from_iterator(corpus or TEXT_CORPUS, WordLevelTrainer(special_tokens=["<pad>", "<unk>"]))
+    assert (tokenizer.token_to_id("<pad>"), tokenizer.token_to_id("<unk>")) == (0, 1)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out_path))
+    return out_path
+
+
+def build_text_model(out_dir: Path, max_len: int = 16, threshold: float | None = 0.46, seed: int = 0) -> Path:
+    """A text model dir as the deploy stage writes it: tokenizer.json, an untrained bag-of-embeddings
+    classifier (masked mean pooling: padding does not change its output) exported with both input axes
+    dynamic, and manifest.json; ~15 s."""
+    import torch
+    from tokenizers import Tokenizer
+
+    tokenizer_path = build_text_tokenizer(out_dir / "tokenizer.json")
+    vocab = Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
+
+    class BagOfEmbeddings(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(vocab, 8, padding_idx=0)
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            mask = (ids != 0).unsqueeze(-1).to(torch.float32)
+            pooled = (self.embed(ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+            return self.head(pooled)
+
+    torch.manual_seed(seed)
+    net = BagOfEmbeddings().eval()
+    example = torch.randint(1, vocab, (3, 5), dtype=torch.int64)  # size-1 axes would be frozen
+    dims = ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")},)
+    program = torch.onnx.export(net, (example,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                dynamic_shapes=dims, external_data=False)
+    program.save(str(out_dir / "model.onnx"))
+    manifest = {
+        "model_name": "dlops-text-demo", "version": "4", "alias": "champion", "alias_reason": "demo model for tests",
+        "onnx_file": "model.onnx", "onnx_sha256": sha256_file(out_dir / "model.onnx"), "run_id": "demo-run",
+        "data_hash": "demo-data", "git_sha": "demo-sha", "metrics": {"accuracy": 0.5, "macro_f1": 0.5},
+        "task": "classification", "kind": "text", "classes": ["negative", "positive"],
+        "decision_threshold": threshold,
+        "input": {"kind": "texts", "name": "input", "dtype": "int64", "max_len": max_len,
+                  "tokenizer": "tokenizer.json", "tokenizer_sha256": sha256_file(tokenizer_path)},
+        "output": {"name": "logits", "shape": [-1, 2], "dtype": "float32"},
+        "bento_tag": None, "created_at": "2025-01-01T00:00:00+00:00",
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -52,7 +125,7 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, port: int, bentoml_home: Path, log_path: Path,
                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``bentoml serve`` of the service the manifest calls for (digits or tabular) on 127.0.0.1:port,
+    """``bentoml serve`` of the service the manifest calls for (digits, tabular, text) on 127.0.0.1:port,
     in its own process group (for killpg)."""
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "DLOPS_MODEL_DIR": str(model_dir),
            "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}

@@ -1,4 +1,5 @@
-"""Find and load the deployed model: an ONNX file plus its manifest.json (no torch, no pickles).
+"""Find and load the deployed model: an ONNX file plus its manifest.json, and for a text model the
+tokenizer.json the manifest names (no torch, no pickles).
 
 Where the model comes from is configuration, never code:
 
@@ -31,6 +32,7 @@ REQUIRED_KEYS = ("model_name", "version", "alias", "onnx_file", "onnx_sha256", "
 
 # ONNX input type of each tabular column type (NaN / "" mean missing)
 TABULAR_TYPES = {"numeric": "tensor(float)", "categorical": "tensor(string)"}
+TOKENIZER = "tokenizer.json"  # a text model's tokenizer, beside its manifest
 
 
 class ModelLoadError(RuntimeError):
@@ -42,6 +44,7 @@ class LoadedModel:
     session: Any  # onnxruntime.InferenceSession
     manifest: dict[str, Any]
     source: str  # where it was loaded from, for logs and /metadata
+    tokenizer_path: Path | None = None  # text models: the verified tokenizer.json
 
     @property
     def input_name(self) -> str:
@@ -67,8 +70,9 @@ def resolve_model_dir(env: dict[str, str] | None = None) -> tuple[Path, str]:
 
 def _download_from_registry(uri: str) -> Path:
     """Download a registered model version; deploy logged it with mlflow.onnx (``model.onnx`` at
-    the root) and ``manifest.json`` as an extra file. Returns a dir holding both, with the
-    manifest's ``version``/``alias`` filled from the registry (unknown when it was logged)."""
+    the root) and ``manifest.json`` (text models: also ``tokenizer.json``) as extra files, which land
+    in a subfolder. Returns a dir holding them all, with the manifest's ``version``/``alias`` filled
+    from the registry (unknown when it was logged)."""
     import mlflow
 
     target = Path(tempfile.mkdtemp(prefix="dlops-model-"))
@@ -82,9 +86,23 @@ def _download_from_registry(uri: str) -> Path:
     if not onnx_files:
         raise ModelLoadError(f"{uri}: no {manifest.get('onnx_file')} in the downloaded artifacts ({root})")
     model_dir = onnx_files[0].parent
+    if is_text(manifest):
+        _gather_tokenizer(uri, root, model_dir, manifest)
     manifest.update(_registry_identity(uri))
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return model_dir
+
+
+def _gather_tokenizer(uri: str, root: Path, model_dir: Path, manifest: dict[str, Any]) -> None:
+    """Copy the text model's tokenizer file (an MLflow extra file) next to the ONNX file."""
+    import shutil
+
+    name = manifest.get("input", {}).get("tokenizer") or TOKENIZER
+    found = sorted(root.rglob(Path(name).name), key=lambda p: len(p.parts))
+    if not found:
+        raise ModelLoadError(f"{uri}: no {name} in the downloaded artifacts ({root})")
+    if found[0].resolve() != (model_dir / name).resolve():
+        shutil.copyfile(found[0], model_dir / name)
 
 
 def _registry_identity(uri: str) -> dict[str, Any]:
@@ -118,6 +136,9 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     if is_tabular(manifest):
         _check_tabular_manifest(path, manifest)
         return manifest
+    if is_text(manifest):
+        _check_text_manifest(path, manifest)
+        return manifest
     shape = manifest["input"].get("shape")
     if manifest["input"].get("dtype") != "float32" or not isinstance(shape, list) or len(shape) < 2:
         raise ModelLoadError(f"{path}: input must be float32 with a batch axis, got {manifest['input']}")
@@ -128,12 +149,18 @@ def is_tabular(manifest: dict[str, Any]) -> bool:
     return manifest.get("kind") == "tabular"
 
 
+def is_text(manifest: dict[str, Any]) -> bool:
+    return manifest.get("kind") == "text"
+
+
 # The service that speaks each kind of model: `make serve` and serving.build pick it from the manifest.
-SERVICES = {"image": "serving.service:DigitsClassifier", "tabular": "serving.tabular:TabularPredictor"}
+SERVICES = {"image": "serving.service:DigitsClassifier", "tabular": "serving.tabular:TabularPredictor",
+            "text": "serving.text:TextClassifier"}
 
 
 def service_for(manifest: dict[str, Any]) -> str:
-    return SERVICES["tabular" if is_tabular(manifest) else "image"]
+    kind = manifest.get("kind")
+    return SERVICES[kind if kind in ("tabular", "text") else "image"]
 
 
 def _check_tabular_manifest(path: Path, manifest: dict[str, Any]) -> None:
@@ -160,6 +187,43 @@ def _check_tabular_manifest(path: Path, manifest: dict[str, Any]) -> None:
     if width < 1 or (manifest["task"] == "classification" and width < 2) or out.get("shape", [-1, width])[-1] != width:
         raise ModelLoadError(f"{path}: output.shape {out.get('shape')} does not fit task {manifest['task']!r} "
                              f"with classes {classes}")
+
+
+def _check_text_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Token ids in (int64 [batch, seq], 0 = pad), class logits [batch, K] out, a tokenizer file named."""
+    spec, out, classes = manifest["input"], manifest["output"], manifest["classes"]
+    max_len = spec.get("max_len") if isinstance(spec, dict) else None
+    if (not isinstance(spec, dict) or spec.get("kind") != "texts" or spec.get("dtype") != "int64"
+            or not isinstance(spec.get("name"), str) or type(max_len) is not int or max_len < 1
+            or not isinstance(spec.get("tokenizer"), str) or not isinstance(spec.get("tokenizer_sha256"), str)):
+        raise ModelLoadError(f"{path}: text input must be {{'kind': 'texts', 'name', 'dtype': 'int64', "
+                             f"'max_len' >= 1, 'tokenizer', 'tokenizer_sha256'}}, got {spec}")
+    if manifest.get("task") != "classification" or not isinstance(classes, list) or len(classes) < 2:
+        raise ModelLoadError(f"{path}: a text model is a classifier with >= 2 classes, got task "
+                             f"{manifest.get('task')!r}, classes {classes}")
+    if not isinstance(out.get("name"), str) or out.get("shape", [-1, len(classes)])[-1] != len(classes):
+        raise ModelLoadError(f"{path}: output {out} does not fit {len(classes)} classes")
+
+
+def _check_text_graph(onnx_path: Path, session: Any, model_dir: Path, manifest: dict[str, Any]) -> Path:
+    """The graph takes int64 ids with both axes dynamic (the service trims padding columns) and the
+    tokenizer file is the one the manifest names; returns its path."""
+    inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+    spec = manifest["input"]
+    if ([i.name for i in inputs] != [spec["name"]] or inputs[0].type != "tensor(int64)"
+            or manifest["output"]["name"] not in outputs):
+        raise ModelLoadError(f"{onnx_path}: graph inputs {[(i.name, i.type) for i in inputs]} / outputs {outputs} "
+                             f"do not match the manifest's int64 {spec['name']!r} / {manifest['output']['name']!r}")
+    shape = inputs[0].shape
+    if len(shape) != 2 or any(isinstance(d, int) for d in shape):
+        raise ModelLoadError(f"{onnx_path}: input shape {shape}: both axes (batch, seq) must be dynamic")
+    tokenizer = model_dir / spec["tokenizer"]
+    if not tokenizer.is_file():
+        raise ModelLoadError(f"{tokenizer}: tokenizer named by {model_dir / MANIFEST} not found")
+    digest = sha256_file(tokenizer)
+    if digest != spec["tokenizer_sha256"]:
+        raise ModelLoadError(f"{tokenizer}: sha256 {digest} != manifest tokenizer_sha256 {spec['tokenizer_sha256']}")
+    return tokenizer
 
 
 def sha256_file(path: Path) -> str:
@@ -190,7 +254,10 @@ def load_model_from(model_dir: Path, source: str) -> LoadedModel:
     session = make_session(onnx_path)
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
-    if is_tabular(manifest):
+    tokenizer = None
+    if is_text(manifest):
+        tokenizer = _check_text_graph(onnx_path, session, model_dir, manifest)
+    elif is_tabular(manifest):
         got = {i.name: i.type for i in session.get_inputs()}
         want = {c["name"]: TABULAR_TYPES[c["type"]] for c in manifest["input"]["columns"]}
         if got != want or manifest["output"]["name"] not in outputs:
@@ -200,4 +267,4 @@ def load_model_from(model_dir: Path, source: str) -> LoadedModel:
         raise ModelLoadError(f"{onnx_path}: graph inputs {inputs} / outputs {outputs} do not match the manifest")
     logger.info("loaded %s version %s (%s) from %s", manifest["model_name"], manifest["version"],
                 manifest["alias"], source)
-    return LoadedModel(session=session, manifest=manifest, source=source)
+    return LoadedModel(session=session, manifest=manifest, source=source, tokenizer_path=tokenizer)

@@ -1,0 +1,311 @@
+"""The text BentoML service, served for real: `bentoml serve serving.text:TextClassifier` in a subprocess
+on a free 127.0.0.1 port over a tiny English + Chinese model (WordLevel tokenizer.json, bag-of-embeddings
+net exported with both input axes dynamic, manifest.json). Predictions are checked against
+serving.text_encode.encode + ONNX Runtime run in-process on the full max_len-wide ids."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.fixtures import build_text_model, free_port, start_server, stop_server, wait_ready
+from serving.model import MANIFEST, ModelLoadError, load_model, service_for
+from serving.text_schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LEN, THRESHOLD = 16, 0.46
+LONG_EN = "worst purchase ever , the battery died and support was terrible " * 3  # 33 tokens
+LONG_ZH = "这部电影太好看了" * (MAX_TEXT_CHARS // 8)  # exactly the character limit, 10,000 tokens
+TEXTS = ["这部电影太好看了", "worst purchase ever", "好", "great", "the food was good but the service was slow",
+         "服务很差，再也不来了", "I love this phone", "质量很好，物流也很快 and fast shipping", "hello world",
+         "价格便宜但是质量一般", LONG_EN, "太失望了"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_text_model(tmp_path_factory.mktemp("deploy"), max_len=MAX_LEN, threshold=THRESHOLD)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    work = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = work / "serve.log"
+    proc = start_server(model_dir, port, work / "bentoml_home", log)
+    try:
+        wait_ready(proc, url, timeout=90)
+        yield {"url": url, "log": log, "proc": proc}
+    except Exception:
+        print(log.read_text()[-5000:])
+        raise
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def http(server: dict[str, Any]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server["url"], timeout=30) as client:
+        yield client
+
+
+def reference(model_dir: Path, texts: list[str]) -> dict[str, Any]:
+    """Probabilities, labels, token counts and truncation flags straight from encode + ONNX Runtime,
+    on ids padded to the full max_len (the service trims padding columns; the result must not move)."""
+    import onnxruntime as ort
+
+    from serving.text_encode import encode, load_tokenizer
+
+    ids, lengths, truncated = encode(load_tokenizer(model_dir / "tokenizer.json"), texts, MAX_LEN)
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": ids})[0].astype(np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    labels = ["positive" if p >= THRESHOLD else "negative" for p in probs[:, 1]]
+    return {"probs": probs, "labels": labels, "tokens": lengths.tolist(), "truncated": truncated.tolist()}
+
+
+def check(result: dict[str, Any], model_dir: Path, texts: list[str]) -> None:
+    want = reference(model_dir, texts)
+    preds = result["predictions"]
+    np.testing.assert_allclose(np.array([p["probabilities"] for p in preds]), want["probs"], rtol=1e-5, atol=1e-6)
+    assert [p["label"] for p in preds] == want["labels"]
+    assert [p["tokens"] for p in preds] == want["tokens"] and [p["truncated"] for p in preds] == want["truncated"]
+    assert result["notes"] == {"truncated": sum(want["truncated"]), "max_len": MAX_LEN}
+    assert result["classes"] == ["negative", "positive"] and result["decision_threshold"] == THRESHOLD
+
+
+def test_one_text_with_bentoml_client(server: dict[str, Any], model_dir: Path) -> None:
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server["url"]) as client:
+        assert client.is_ready()
+        result = client.predict(texts=["这部电影太好看了"])
+    check(result, model_dir, ["这部电影太好看了"])
+    assert (result["model_name"], result["model_version"], result["model_alias"]) == ("dlops-text-demo", "4",
+                                                                                      "champion")
+
+
+def test_many_english_and_chinese_texts(http: httpx.Client, model_dir: Path) -> None:
+    resp = http.post("/predict", json={"texts": TEXTS})
+    assert resp.status_code == 200, resp.text
+    check(resp.json(), model_dir, TEXTS)
+    want = reference(model_dir, TEXTS)
+    # the threshold decides, not argmax (fixed seed): some texts have THRESHOLD <= P(positive) < 0.5
+    assert any(THRESHOLD <= p < 0.5 for p in want["probs"][:, 1])
+    assert len(set(want["labels"])) == 2
+
+
+def truncated_total(http: httpx.Client) -> float:
+    lines = [ln for ln in http.get("/metrics").text.splitlines() if ln.startswith("dlops_text_truncated_texts_total")]
+    return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+
+def test_short_and_very_long_text_in_one_request_truncation_reported(http: httpx.Client, model_dir: Path) -> None:
+    texts = ["好", LONG_ZH, LONG_EN, "great"]
+    before = truncated_total(http)
+    resp = http.post("/predict", json={"texts": texts})
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    check(result, model_dir, texts)
+    assert [(p["tokens"], p["truncated"]) for p in result["predictions"]] == [
+        (1, False), (MAX_LEN, True), (MAX_LEN, True), (1, False)]
+    assert result["notes"]["truncated"] == 2 and truncated_total(http) - before == 2
+    # a short text's prediction does not depend on the long one it was batched with
+    alone = http.post("/predict", json={"texts": ["好"]}).json()["predictions"][0]
+    np.testing.assert_allclose(alone["probabilities"], result["predictions"][0]["probabilities"], rtol=1e-6)
+
+
+def test_metadata_and_docs(http: httpx.Client, model_dir: Path) -> None:
+    manifest = json.loads((model_dir / MANIFEST).read_text())
+    meta = http.get("/metadata").json()
+    for key in ("model_name", "version", "alias", "kind", "task", "classes", "decision_threshold", "metrics",
+                "input", "output", "created_at"):
+        assert meta[key] == manifest[key], key
+    assert meta["lineage"] == {k: manifest[k] for k in ("run_id", "data_hash", "git_sha", "onnx_sha256")}
+    assert meta["limits"] == {"max_texts": MAX_TEXTS, "max_text_chars": MAX_TEXT_CHARS, "max_len": MAX_LEN,
+                              "max_body_bytes": MAX_BODY_BYTES}
+    spec = http.get("/docs.json").json()
+    assert "/metadata" in spec["paths"] and "/predict" in spec["paths"]
+    body = json.dumps(spec["paths"]["/predict"]["post"]["requestBody"])
+    assert "texts" in body and f'"maxItems": {MAX_TEXTS}' in body and f'"maxLength": {MAX_TEXT_CHARS}' in body
+    assert http.get("/docs", follow_redirects=True).status_code == 200
+
+
+BAD_INPUTS = {
+    # name: (body: JSON-able or raw bytes, expected words in the message)
+    "empty string": ({"texts": ["fine", ""]}, "texts[1]: empty or whitespace-only text"),
+    "whitespace only": ({"texts": [" \t\n\u3000 "]}, "texts[0]: empty or whitespace-only text"),
+    "number": ({"texts": ["fine", 42]}, "texts[1]: expected a string, got int 42"),
+    "null": ({"texts": [None, "fine"]}, "texts[0]: expected a string, got null"),
+    "list": ({"texts": ["a", "b", ["c"]]}, "texts[2]: expected a string, got list of length 1"),
+    "boolean": ({"texts": [True]}, "texts[0]: expected a string, got bool"),
+    "object": ({"texts": [{"text": "a"}]}, "texts[0]: expected a string, got dict"),
+    "bare string": ({"texts": "hello"}, 'wrap it in a list: {\\"texts\\": [\\"...\\"]}'),
+    "texts null": ({"texts": None}, "texts: expected a list of strings, got null"),
+    "empty list": ({"texts": []}, f"expected 1 to {MAX_TEXTS} texts per request, got 0"),
+    "too many texts": ({"texts": ["a"] * (MAX_TEXTS + 1)}, f"got {MAX_TEXTS + 1}"),
+    "text too long": ({"texts": ["ok", "x" * (MAX_TEXT_CHARS + 1)]},
+                      f"texts[1]: text too long: {MAX_TEXT_CHARS + 1} characters, the limit is {MAX_TEXT_CHARS}"),
+    "no tokens": ({"texts": ["fine", "\x00\x07"]}, "texts[1]: no tokens after tokenization"),
+    "missing field": ({}, "Field required"),
+    "wrong field": ({"text": ["a"]}, "Field required"),
+    "not an object": (["a"], "Input should be an object"),
+    "invalid JSON": (b'{"texts": ["a"', "Invalid JSON"),
+    "lone surrogate": (b'{"texts": ["\\ud800"]}', "Invalid JSON"),
+    "invalid UTF-8": (b'{"texts": ["\xff\xfe"]}', "Invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_gets_400_naming_the_problem(http: httpx.Client, name: str) -> None:
+    body, words = BAD_INPUTS[name]
+    if isinstance(body, bytes):
+        resp = http.post("/predict", content=body, headers={"content-type": "application/json"})
+    else:
+        resp = http.post("/predict", json=body)
+    assert resp.status_code == 400, resp.text
+    assert words in resp.text, resp.text
+
+
+def test_body_over_the_limit_is_413(http: httpx.Client) -> None:
+    resp = http.post("/predict", content=b" " * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and "request body too large" in resp.json()["error"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: cut off as it arrives
+        for _ in range(2 * MAX_BODY_BYTES // 65536):
+            yield b" " * 65536
+
+    resp = http.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert resp.status_code == 413 and "request body too large" in resp.json()["error"]
+
+
+def test_a_full_request_fits_the_body_limit(http: httpx.Client) -> None:
+    """MAX_TEXTS texts of MAX_TEXT_CHARS CJK characters, as UTF-8 JSON: accepted, every text truncated."""
+    body = json.dumps({"texts": [LONG_ZH] * MAX_TEXTS}, ensure_ascii=False).encode()
+    assert len(body) <= MAX_BODY_BYTES
+    resp = http.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert resp.status_code == 200, resp.text[:500]
+    assert resp.json()["notes"]["truncated"] == MAX_TEXTS
+
+
+def test_concurrent_requests_of_different_lengths_are_batched(http: httpx.Client, server: dict[str, Any],
+                                                              model_dir: Path) -> None:
+    def batch_histogram() -> tuple[float, float]:
+        text = http.get("/metrics").text
+        lines = [ln for ln in text.splitlines() if "adaptive_batch_size" in ln and 'method_name="infer"' in ln]
+        total = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if "_sum{" in ln)
+        count = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines if "_count{" in ln)
+        return total, count
+
+    texts = TEXTS + [LONG_ZH[:300]]
+    want = reference(model_dir, texts)
+    before = batch_histogram()
+    with httpx.Client(base_url=server["url"], timeout=30,
+                      limits=httpx.Limits(max_connections=16)) as client, ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda i: client.post("/predict", json={"texts": [texts[i % len(texts)]]}),
+                                  range(96)))
+    assert [r.status_code for r in responses] == [200] * 96
+    for i, resp in enumerate(responses):
+        k = i % len(texts)
+        pred = resp.json()["predictions"][0]
+        np.testing.assert_allclose(pred["probabilities"], want["probs"][k], rtol=1e-5, atol=1e-6)
+        assert (pred["label"], pred["tokens"], pred["truncated"]) == (want["labels"][k], want["tokens"][k],
+                                                                      want["truncated"][k])
+    after = batch_histogram()
+    requests, batches = after[0] - before[0], after[1] - before[1]
+    assert requests == 96 and batches < requests, f"{requests} requests in {batches} batches"
+
+
+def test_server_alive_after_bad_inputs_and_log_quiet(http: httpx.Client, server: dict[str, Any],
+                                                      model_dir: Path) -> None:
+    resp = http.post("/predict", json={"texts": TEXTS[:3]})
+    assert resp.status_code == 200
+    check(resp.json(), model_dir, TEXTS[:3])
+    assert server["proc"].poll() is None
+    log = server["log"].read_text()
+    assert "Traceback" not in log, log[-3000:]  # rejected requests log one INFO line, not a stack
+    assert "rejected (texts[1]: no tokens" in log
+
+
+# ---- without a server -----------------------------------------------------------------------------
+
+
+def test_trim_padding_keeps_every_used_column() -> None:
+    from serving.text_schemas import trim_padding
+
+    ids = np.array([[5, 6, 0, 0, 0], [7, 0, 0, 0, 0], [3, 4, 9, 0, 0]], np.int64)
+    assert trim_padding(ids).tolist() == ids[:, :3].tolist()
+    assert trim_padding(ids[1:2]).tolist() == [[7, 0]]  # never narrower than 2: exported dims are traced >= 2
+    assert trim_padding(np.zeros((2, 4), np.int64)).shape == (2, 2)
+    assert trim_padding(np.ones((1, 4), np.int64)).shape == (1, 4)
+    assert trim_padding(np.ones((3, 1), np.int64)).shape == (3, 1)  # max_len 1: nothing to trim
+
+
+def test_load_model_checks_the_text_contract(model_dir: Path, tmp_path: Path) -> None:
+    loaded = load_model({"DLOPS_MODEL_DIR": str(model_dir)})
+    assert loaded.tokenizer_path == model_dir / "tokenizer.json"
+    assert service_for(loaded.manifest) == "serving.text:TextClassifier"
+    bad = tmp_path / "deploy"
+    shutil.copytree(model_dir, bad)
+    (bad / "tokenizer.json").write_text((bad / "tokenizer.json").read_text().replace('"great"', '"grand"'))
+    with pytest.raises(ModelLoadError, match="tokenizer_sha256"):
+        load_model({"DLOPS_MODEL_DIR": str(bad)})
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["input"].pop("max_len")
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="max_len"):
+        load_model({"DLOPS_MODEL_DIR": str(bad)})
+
+
+def test_model_uri_finds_manifest_and_tokenizer_in_extra_files(model_dir: Path, mlflow_uri: str) -> None:
+    """Deploy logs the model with mlflow.onnx (model.onnx at the root) and manifest.json + tokenizer.json
+    as extra files, which land in extra_files/."""
+    import mlflow
+
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(model_dir / "model.onnx"), artifact_path="model")
+        for name in (MANIFEST, "tokenizer.json"):
+            mlflow.log_artifact(str(model_dir / name), artifact_path="model/extra_files")
+    loaded = load_model({"DLOPS_MODEL_URI": f"runs:/{run.info.run_id}/model"})
+    assert loaded.manifest["kind"] == "text" and loaded.tokenizer_path.name == "tokenizer.json"
+    assert (loaded.tokenizer_path.parent / "model.onnx").is_file()  # gathered next to the ONNX file
+    assert loaded.source == f"runs:/{run.info.run_id}/model"
+
+
+def test_service_is_chosen_from_the_manifest(model_dir: Path) -> None:
+    import os
+
+    out = subprocess.run([sys.executable, "-m", "serving.build", "--print-service"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "DLOPS_MODEL_DIR": str(model_dir)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "serving.text:TextClassifier"
+
+
+def test_build_bento_picks_the_text_service_and_ships_the_tokenizer(model_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from serving.build import build_bento
+
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "serving", project / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(model_dir, project / "artifacts" / "deploy")
+    home = tmp_path / "bentoml_home"
+    name, version = build_bento(project, home).split(":")
+    bento = home / "bentos" / name / version
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert name == "dlops-text" and info["service"] == "serving.text:TextClassifier"
+    for path in ("serving/text.py", "serving/text_schemas.py", "serving/text_encode.py",
+                 "artifacts/deploy/tokenizer.json", "artifacts/deploy/manifest.json"):
+        assert (bento / "src" / path).is_file(), path
+    assert not (bento / "src" / "serving" / "fixtures.py").exists()
+    assert "tokenizers==" in (bento / "env" / "python" / "requirements.txt").read_text()
