@@ -43,7 +43,8 @@ clean:
 
 # BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
 # DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion serve another model; the
-# service is the one for the model's kind (serving.service:DigitsClassifier or serving.tabular:TabularPredictor).
+# service is the one for the model's kind (serving.service:DigitsClassifier, serving.tabular:TabularPredictor
+# or serving.text:TextClassifier).
 serve: install
 	service=$$($(BIN)/python -m serving.build --print-service) && \
 	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve $$service --host 127.0.0.1 --port 3000

@@ -42,8 +42,10 @@ install_log_filter()
 
 def _check_contract(manifest: dict[str, Any]) -> None:
     """This API speaks 8x8 images in [0, 16]: refuse to start on a model that takes anything else."""
-    if manifest.get("kind") == "tabular":
-        raise ModelLoadError("this is a tabular model: serve serving.tabular:TabularPredictor")
+    from serving.model import service_for
+
+    if manifest.get("kind") in ("tabular", "text"):
+        raise ModelLoadError(f"this is a {manifest['kind']} model: serve {service_for(manifest)}")
     spec = manifest["input"]
     if spec.get("shape") != EXPECTED_INPUT_SHAPE:
         raise ModelLoadError(f"manifest input.shape {spec.get('shape')} != {EXPECTED_INPUT_SHAPE}")

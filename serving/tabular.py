@@ -23,7 +23,8 @@ from fastapi.responses import RedirectResponse
 
 from serving.common import RUNNER_CONNECTION, ModelClient, install_log_filter
 from serving.limits import BodySizeLimitMiddleware
-from serving.model import LoadedModel, ModelLoadError, is_tabular, load_model_from, read_manifest, resolve_model_dir
+from serving.model import (LoadedModel, ModelLoadError, is_tabular, load_model_from, read_manifest,
+                           resolve_model_dir, service_for)
 from serving.runtime import softmax
 from serving.tabular_schemas import (MAX_BODY_BYTES, MAX_RECORDS, Notes, RecordPrediction, TabularMetadata,
                                      TabularPredictResponse, decide, feeds, records_type, tally, to_rows)
@@ -42,7 +43,7 @@ def _schema_source() -> tuple[Path, str, dict[str, Any]]:
     manifest = read_manifest(model_dir)
     if not is_tabular(manifest):
         raise ModelLoadError(f"{source}: not a tabular model (kind {manifest.get('kind')!r}); "
-                             "serve serving.service:DigitsClassifier")
+                             f"serve {service_for(manifest)}")
     return model_dir, source, manifest
 
 

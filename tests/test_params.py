@@ -69,3 +69,10 @@ def test_unknown_architecture_and_kwarg_are_named():
 def test_section_dict_is_plain_json():
     d = section_dict(parse_params({}).evaluate)
     assert d["baselines"] == ["logreg", "svc"]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")))
+def test_presets_are_valid_params(preset):
+    p = load_params(ROOT / "presets" / f"{preset}.yaml")
+    check_kwargs(p.model.name, p.model.kwargs)
+    assert p.deploy.model_name.startswith("dlops-")
