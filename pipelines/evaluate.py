@@ -118,29 +118,37 @@ def _baseline(name: str, task: str, categorical: list[int]) -> Any:
     }[(task, name)]()
 
 
-def text_baseline(split_dir: Path, level: str) -> tuple[Any, Any, Any]:
-    """TF-IDF + logistic regression on the raw train texts (word or character n-grams, like the tokenizer)."""
+def text_baseline(split_dir: Path) -> tuple[Any, Any, Any]:
+    """TF-IDF (unigrams + bigrams of the fitted tokenizer's own pre-tokens: words, and single
+    characters for CJK text) + logistic regression on the raw train texts."""
     import pandas as pd
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
+    from serving.text_encode import load_tokenizer
+
+    tok = load_tokenizer(split_dir / "tokenizer.json")
+
+    def analyze(text: str) -> list[str]:
+        norm = tok.normalizer.normalize_str(text) if tok.normalizer else text
+        words = [w for w, _ in tok.pre_tokenizer.pre_tokenize_str(norm)]
+        return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+
     train, test = (pd.read_parquet(split_dir / f"{n}.parquet") for n in ("train", "test"))
-    vectorizer = (TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True) if level == "word"
-                  else TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True))
-    model = make_pipeline(vectorizer, LogisticRegression(max_iter=5000))
+    model = make_pipeline(TfidfVectorizer(analyzer=analyze, sublinear_tf=True), LogisticRegression(max_iter=5000))
     return model, train["text"].tolist(), test["text"].tolist()
 
 
 def run_baselines(p: EvaluateParams, task: str, split_dir: Path, X_test: np.ndarray, y_test: np.ndarray,
-                  categorical: list[int], threshold: float | None, text_level: str | None = None) -> dict[str, Any]:
+                  categorical: list[int], threshold: float | None, text: bool = False) -> dict[str, Any]:
     """Fit each baseline on the same train split and preprocessing, score it on the same test rows."""
     X_train, y_train = load_split(split_dir, "train")
-    if text_level:  # the same split's raw texts
+    if text:  # the same split's raw texts
         results = {}
         for name in p.baselines:
             started = time.perf_counter()
-            model, train_texts, test_texts = text_baseline(split_dir, text_level)
+            model, train_texts, test_texts = text_baseline(split_dir)
             model.fit(train_texts, y_train)
             proba = model.predict_proba(test_texts)
             pred = None if threshold is not None and proba.shape[1] == 2 else model.predict(test_texts)
@@ -215,7 +223,7 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
                                      *((float(a), float(b), float(a - b)) for a, b in zip(y_test, pred))]}
     metrics["fit_seconds"] = run_info["fit_seconds"]  # beside the baselines' own, for "is it worth it?"
     metrics["baselines"] = run_baselines(p, task, split_dir, X_test, y_test, categorical, threshold,
-                                         preprocess.get("level") if kind == "text" else None)
+                                         text=kind == "text")
     _compare(metrics, task)
     gate = {**_gate(p, task, metrics), "decision_threshold": threshold, "run_id": run_info["run_id"],
             "params": section_dict(p)}
