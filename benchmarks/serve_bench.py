@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import statistics
 import sys
 import tempfile
 import time

@@ -200,7 +200,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for arg in args:
             try:
                 return _coerce(value, arg, key)
-            except ParamsError as exc:
+            except ParamsError:
                 errors.append(_type_name(arg))
         raise ParamsError(f"{key}: expected {' or '.join(errors)}, got {value!r}")
     if origin is tuple:

@@ -5,6 +5,7 @@ Imports torch and the exporter, so it is not part of the bento (see serving/bent
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from serving.model import MANIFEST, sha256_file
 
@@ -167,3 +170,21 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def serving(model_dir: Path, work: Path, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+    """A ready ``bentoml serve`` of ``model_dir`` on a free 127.0.0.1 port, stopped on exit;
+    yields ``{"url", "log", "proc"}`` and prints the server log's tail if it never got ready."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = work / "serve.log"
+    proc = start_server(model_dir, port, work / "bentoml_home", log)
+    try:
+        wait_ready(proc, url, timeout=timeout)
+        yield {"url": url, "log": log, "proc": proc}
+    except Exception:
+        print(log.read_text()[-5000:])
+        raise
+    finally:
+        stop_server(proc)

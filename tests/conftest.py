@@ -54,6 +54,23 @@ def train_tiny(params: Params, split_dir: Path, workdir: Path) -> dict:
     return summary
 
 
+STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
+
+
+def run_pipeline(params: Params, work: Path) -> dict:
+    """All seven steps' ``run`` functions into ``work/<step>``, as dvc.yaml chains them."""
+    from pipelines import collect, configure, deploy, design, evaluate, split, train
+
+    d = {s: work / s for s in STEPS}
+    out = {"collect": collect.run(params, d["collect"]), "split": split.run(params, d["collect"], d["split"])}
+    design.run(params, d["split"], d["design"])
+    configure.run(params, d["split"], d["design"], d["configure"])
+    out["train"] = train.run(params, d["split"], d["design"], d["configure"], d["train"])
+    out["evaluate"] = evaluate.run(params, d["split"], d["train"], d["evaluate"])
+    out["deploy"] = deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
+    return out
+
+
 @pytest.fixture(scope="session")
 def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real bundled digits dataset, collected and split once per session."""

@@ -1,7 +1,6 @@
 """Text families (lstm, gru, transformer): padding invariance, ONNX export with dynamic batch and
 sequence axes, the repeated-RNN-export trap, and learnability on a tiny synthetic corpus."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.fixtures import build_demo_model, free_port, start_server, stop_server, wait_ready
+from serving.fixtures import build_demo_model, serving
 from serving.model import ModelLoadError, load_model, resolve_model_dir
 from serving.schemas import MAX_BODY_BYTES, MAX_IMAGES
 
@@ -29,19 +29,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    work = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = work / "serve.log"
-    proc = start_server(model_dir, port, work / "bentoml_home", log)
-    try:
-        wait_ready(proc, url, timeout=90)
-        yield {"url": url, "log": log, "proc": proc}
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        stop_server(proc)
+    with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.fixtures import free_port, stop_server, wait_ready
+from serving.fixtures import serving
 from serving.model import MANIFEST, load_model, read_manifest, service_for, sha256_file
 from serving.tabular_schemas import MAX_BODY_BYTES, MAX_RECORDS
 
@@ -103,29 +102,6 @@ def build_tabular_model(out_dir: Path, task: str, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tabular_model(tmp_path_factory.mktemp("deploy"), "classification")
-
-
-@contextmanager
-def serving(model_dir: Path, work: Path) -> Iterator[dict[str, Any]]:
-    """`bentoml serve` of the service the manifest asks for, on a free 127.0.0.1 port."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = work / "serve.log"
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml_home"), "DLOPS_MODEL_DIR": str(model_dir),
-           "BENTOML_DO_NOT_TRACK": "true"}
-    env.pop("DLOPS_MODEL_URI", None)
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", service_for(read_manifest(model_dir)),
-           "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_ready(proc, url, timeout=90)
-        yield {"url": url, "log": log, "proc": proc}
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        stop_server(proc)
 
 
 @pytest.fixture(scope="module")

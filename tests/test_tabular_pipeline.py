@@ -11,14 +11,11 @@ import onnx
 import pandas as pd
 import pytest
 
-from pipelines import collect, configure, deploy, design, evaluate, split, tabular_prep, train
+from pipelines import evaluate, tabular_prep
 from pipelines.data import load_split
 from pipelines.evaluate import load_network, predict_outputs
 from serving.runtime import make_session, softmax
-from tests.conftest import make_params
-
-STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
-
+from tests.conftest import make_params, run_pipeline
 
 def churn_csv(path: Path, n: int = 1200, seed: int = 0) -> pd.DataFrame:
     """Churn-like customers: contract type, spend and region drive a ~5 % "Yes" rate."""
@@ -43,17 +40,6 @@ def churn_csv(path: Path, n: int = 1200, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def run_all(params, work: Path) -> dict:
-    d = {s: work / s for s in STEPS}
-    out = {"collect": collect.run(params, d["collect"]), "split": split.run(params, d["collect"], d["split"])}
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    out["train"] = train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    out["evaluate"] = evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    out["deploy"] = deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
-    return out
-
-
 def pipeline_predictions(work: Path) -> np.ndarray:
     """What the pipeline itself predicts for its test split (torch, preprocessed arrays)."""
     X_test, _ = load_split(work / "split", "test")
@@ -75,7 +61,7 @@ def churn_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-        yield work, run_all(params, work)
+        yield work, run_pipeline(params, work)
 
 
 def test_churn_profile_and_preprocessing(churn_run):
@@ -152,7 +138,7 @@ def test_diabetes_regression_through_deploy(tmp_path, monkeypatch):
         evaluate={"min_r2": 0.0, "baselines": ["linear"]},
         deploy={"model_name": "diabetes-test", "build_bento": False},
     )
-    result = run_all(params, tmp_path)
+    result = run_pipeline(params, tmp_path)
     metrics = json.loads((tmp_path / "evaluate" / "metrics.json").read_text())
     assert metrics["task"] == "regression" and {"rmse", "mae", "r2"} <= set(metrics)
     assert metrics["baselines"]["linear"]["r2"] > 0.3 and metrics["r2"] > 0.2
@@ -180,18 +166,13 @@ def test_churn_service_over_http_equals_pipeline_predictions(churn_run, tmp_path
     """The whole path: raw test rows as JSON records -> `bentoml serve` -> the pipeline's answers."""
     import httpx
 
-    from serving.fixtures import free_port, start_server, stop_server, wait_ready
+    from serving.fixtures import serving
 
     work, _ = churn_run
     raw = pd.read_parquet(work / "split" / "test.parquet").drop(columns=["churned"])
     records = json.loads(raw.to_json(orient="records"))  # NaN/NA -> null, as a client would send
-    port = free_port()
-    proc = start_server(work / "deploy", port, tmp_path / "bentoml", tmp_path / "serve.log")
-    try:
-        wait_ready(proc, f"http://127.0.0.1:{port}", timeout=120)
-        resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": records}, timeout=60)
-    finally:
-        stop_server(proc)
+    with serving(work / "deploy", tmp_path, timeout=120) as server:
+        resp = httpx.post(f"{server['url']}/predict", json={"records": records}, timeout=60)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     served = np.array([p["probabilities"] for p in body["predictions"]])

@@ -4,17 +4,15 @@ LSTM and Transformer, a real sqlite MLflow registry, and the served model over H
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import collect, configure, deploy, design, evaluate, split, train
 from pipelines.data import load_split
 from pipelines.evaluate import load_network, predict_outputs
 from serving.runtime import make_session, softmax
-from tests.conftest import make_params
+from tests.conftest import make_params, run_pipeline
 
 STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
 
@@ -46,17 +44,6 @@ def review_corpus(n: int = 600, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run_all(params, work: Path) -> dict:
-    d = {s: work / s for s in STEPS}
-    out = {"collect": collect.run(params, d["collect"]), "split": split.run(params, d["collect"], d["split"])}
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    out["train"] = train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    out["evaluate"] = evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    out["deploy"] = deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
-    return out
-
-
 def text_params(arch: str, kwargs: dict, epochs: int):
     return make_params(
         data={"source": "csv:data/raw/reviews.csv", "text": "review", "target": "sentiment", "task": "auto"},
@@ -77,7 +64,7 @@ def text_run(request, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-        yield arch, work, run_all(text_params(arch, kwargs, epochs), work)
+        yield arch, work, run_pipeline(text_params(arch, kwargs, epochs), work)
 
 
 def test_learns_the_fixture_corpus(text_run):
@@ -109,19 +96,14 @@ def test_service_over_http_equals_pipeline_predictions(text_run, tmp_path):
     """Raw test texts -> `bentoml serve` (tokenizer inside the service) -> the pipeline's answers."""
     import httpx
 
-    from serving.fixtures import free_port, start_server, stop_server, wait_ready
+    from serving.fixtures import serving
 
     _, work, _ = text_run
     texts = pd.read_parquet(work / "split" / "test.parquet")["text"].tolist()[:64]
     X_test, _ = load_split(work / "split", "test")
     expected = softmax(predict_outputs(load_network(work / "train" / "model.pt"), X_test[:64]))
-    port = free_port()
-    proc = start_server(work / "deploy", port, tmp_path / "bentoml", tmp_path / "serve.log")
-    try:
-        wait_ready(proc, f"http://127.0.0.1:{port}", timeout=120)
-        resp = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": texts}, timeout=60)
-    finally:
-        stop_server(proc)
+    with serving(work / "deploy", tmp_path, timeout=120) as server:
+        resp = httpx.post(f"{server['url']}/predict", json={"texts": texts}, timeout=60)
     assert resp.status_code == 200, resp.text
     served = np.array([p["probabilities"] for p in resp.json()["predictions"]])
     np.testing.assert_allclose(served, expected, atol=1e-5)
