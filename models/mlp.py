@@ -10,6 +10,22 @@ from torch import Tensor, nn
 from models.registry import register_model
 
 
+def mlp_layers(width: int, hidden: Sequence[int], num_outputs: int, dropout: float,
+               batchnorm: bool) -> list[nn.Module]:
+    """Linear (+ BatchNorm) + ReLU + Dropout per hidden size, then the output Linear."""
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers.append(nn.Linear(width, h))
+        if batchnorm:
+            layers.append(nn.BatchNorm1d(h))
+        layers += [nn.ReLU(), nn.Dropout(dropout)]
+        width = h
+    layers.append(nn.Linear(width, num_outputs))
+    return layers
+
+
 @register_model("mlp")
 class MLP(nn.Module):
     def __init__(
@@ -21,18 +37,8 @@ class MLP(nn.Module):
         batchnorm: bool = True,
     ) -> None:
         super().__init__()
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
-        layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
-        for h in hidden:
-            layers += [nn.Linear(width, h)]
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(h))
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, num_outputs))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(nn.Flatten(), *mlp_layers(width, hidden, num_outputs, dropout, batchnorm))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from models.mlp import mlp_layers
 from models.registry import register_model
 
 
@@ -95,19 +96,8 @@ class TabMLP(nn.Module):
     ) -> None:
         super().__init__()
         n_num, cards = _split_columns(input_shape, cardinalities)
-        if not hidden or any(h < 1 for h in hidden):
-            raise ValueError(f"hidden must be a non-empty list of positive sizes, got {hidden}")
         self.embed = FlatEmbedder(n_num, cards, max_emb_dim)
-        layers: list[nn.Module] = []
-        width = self.embed.out_features
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if batchnorm:
-                layers.append(nn.BatchNorm1d(h))
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        layers.append(nn.Linear(width, num_outputs))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*mlp_layers(self.embed.out_features, hidden, num_outputs, dropout, batchnorm))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.embed(x))

@@ -94,7 +94,8 @@ class PredictResponse(BaseModel):
 
 
 class ModelMetadata(BaseModel):
-    """What /metadata returns: identity, quality and lineage of the served model, from its manifest."""
+    """What /metadata returns: identity, quality and lineage of the served model, from its manifest.
+    The tabular and text services extend it with their own fields."""
 
     model_name: str
     version: Optional[str]

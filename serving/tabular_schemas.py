@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
-from serving.schemas import MAX_BODY_BYTES, _describe
+from serving.schemas import MAX_BODY_BYTES, ModelMetadata, _describe
 
 MAX_RECORDS = 1024  # per request; a 20-column record is ~0.5 KB of JSON, far below the body limit
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -171,23 +171,11 @@ class TabularPredictResponse(BaseModel):
     notes: Notes
 
 
-class TabularMetadata(BaseModel):
+class TabularMetadata(ModelMetadata):
     """What /metadata returns: identity, quality, lineage and input schema of the served model."""
 
-    model_name: str
-    version: Optional[str]
-    alias: Optional[str]
-    alias_reason: Optional[str] = None
     kind: str
     task: str
     target: Optional[str]
     classes: Optional[list[str]]
     decision_threshold: Optional[float]
-    metrics: dict[str, Any]
-    lineage: dict[str, Optional[str]]
-    input: dict[str, Any]
-    output: dict[str, Any]
-    bento_tag: Optional[str] = None
-    created_at: Optional[str] = None
-    source: str
-    limits: dict[str, int]

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from serving.schemas import _describe
+from serving.schemas import ModelMetadata, _describe
 
 MAX_TEXTS = 128  # per request
 MAX_TEXT_CHARS = 10_000  # per text: far past any max_len in tokens, and it bounds tokenizer work
@@ -103,22 +103,9 @@ class TextPredictResponse(BaseModel):
     notes: TextNotes
 
 
-class TextMetadata(BaseModel):
+class TextMetadata(ModelMetadata):
     """What /metadata returns: identity, quality, lineage and input contract of the served model."""
 
-    model_name: str
-    version: Optional[str]
-    alias: Optional[str]
-    alias_reason: Optional[str] = None
     kind: str
     task: str
-    classes: list[str]
     decision_threshold: Optional[float]
-    metrics: dict[str, Any]
-    lineage: dict[str, Optional[str]]
-    input: dict[str, Any]
-    output: dict[str, Any]
-    bento_tag: Optional[str] = None
-    created_at: Optional[str] = None
-    source: str
-    limits: dict[str, int]

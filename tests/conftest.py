@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +83,23 @@ def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     collect.run(params, base / "collect")
     split.run(params, base / "collect", base / "split")
     return base / "split"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real `bentoml serve` of the requesting module's ``model_dir`` fixture on a free 127.0.0.1 port."""
+    from serving.fixtures import serving
+
+    with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
+        yield info
+
+
+@pytest.fixture(scope="module")
+def http(server: dict[str, Any]) -> Iterator[Any]:
+    import httpx
+
+    with httpx.Client(base_url=server["url"], timeout=30) as client:
+        yield client
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.fixtures import build_demo_model, serving
+from serving.fixtures import build_demo_model
 from serving.model import ModelLoadError, load_model, resolve_model_dir
 from serving.schemas import MAX_BODY_BYTES, MAX_IMAGES
 
@@ -25,18 +25,6 @@ ZERO_ROW = [0] * 8
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo_model(tmp_path_factory.mktemp("deploy"))
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
-        yield info
-
-
-@pytest.fixture(scope="module")
-def http(server: dict[str, Any]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server["url"], timeout=30) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -102,18 +102,6 @@ def build_tabular_model(out_dir: Path, task: str, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tabular_model(tmp_path_factory.mktemp("deploy"), "classification")
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
-        yield info
-
-
-@pytest.fixture(scope="module")
-def http(server: dict[str, Any]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server["url"], timeout=30) as client:
-        yield client
 
 
 def records(n: int = 30, seed: int = 1) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.fixtures import build_text_model, serving
+from serving.fixtures import build_text_model
 from serving.model import MANIFEST, ModelLoadError, load_model, service_for
 from serving.text_schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS
 
@@ -33,18 +33,6 @@ TEXTS = ["这部电影太好看了", "worst purchase ever", "好", "great", "the
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_text_model(tmp_path_factory.mktemp("deploy"), max_len=MAX_LEN, threshold=THRESHOLD)
-
-
-@pytest.fixture(scope="module")
-def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
-        yield info
-
-
-@pytest.fixture(scope="module")
-def http(server: dict[str, Any]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server["url"], timeout=30) as client:
-        yield client
 
 
 def reference(model_dir: Path, texts: list[str]) -> dict[str, Any]:
