@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from serving.fixtures import build_demo_model, free_port, start_server, stop_server, wait_ready  # noqa: E402
+from tests.helpers import build_demo_model, free_port, start_server, stop_server, wait_ready  # noqa: E402
 from serving.model import load_model  # noqa: E402
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -49,32 +49,18 @@ def make_scheduler(opt: torch.optim.Optimizer, cfg: dict[str, Any], total_steps:
     raise ValueError(f"recipe.json: unknown scheduler {name!r}")
 
 
-def random_shift(x: Tensor, max_shift: int = 1) -> Tensor:
-    """Shift each image by up to ``max_shift`` pixels (background-padded, not wrapped)."""
-    n, _, h, w = x.shape
-    s = max_shift
-    padded = F.pad(x, (s, s, s, s), value=float(x.amin()))
-    dy = torch.randint(0, 2 * s + 1, (n,))
-    dx = torch.randint(0, 2 * s + 1, (n,))
-    out = torch.empty_like(x)
-    for oy in range(2 * s + 1):
-        for ox in range(2 * s + 1):
-            sel = (dy == oy) & (dx == ox)
-            if sel.any():
-                out[sel] = padded[sel, :, oy:oy + h, ox:ox + w]
-    return out
-
-
 class LitModel(L.LightningModule):
-    """Trains ``net`` with the loss/optimizer/scheduler of a recipe.json dict."""
+    """Trains ``net`` with the loss/optimizer/scheduler of a recipe.json dict; the task (a
+    ``pipelines.plugins.Task``) turns outputs and targets into the loss and the logged metrics."""
 
-    def __init__(self, net: nn.Module, recipe: dict[str, Any], epochs: int, augment: bool = False) -> None:
+    def __init__(self, net: nn.Module, recipe: dict[str, Any], task: Any, epochs: int,
+                 augment: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__()
         self.net = net
         self.recipe = recipe
+        self.task = task
         self.epochs = epochs
         self.augment = augment
-        self.classification = recipe["task"] == "classification"
         self.loss_fn = make_loss(recipe["loss"])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -82,16 +68,11 @@ class LitModel(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
-        if stage == "train" and self.augment and x.ndim == 4:
-            x = random_shift(x)
-        out = self.net(x)
-        if self.classification:
-            loss = self.loss_fn(out, y)
-            self.log(f"{stage}_acc", (out.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
-        else:
-            out = out.squeeze(-1)
-            loss = self.loss_fn(out, y)
-            self.log(f"{stage}_mae", (out - y).abs().mean(), on_step=False, on_epoch=True)
+        if stage == "train" and self.augment is not None:
+            x = self.augment(x)
+        loss, metrics = self.task.step(self.net(x), y, self.loss_fn)
+        for name, value in metrics.items():
+            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
         return loss
 

@@ -12,32 +12,17 @@ import numpy as np
 from pipelines.cli import step_main
 from pipelines.files import load_arrays, read_json, staged_outputs, write_json
 from pipelines.params import OptimParams, Params, ParamsError, section_dict
+from pipelines.plugins import Task, get_task
 
 log = logging.getLogger(__name__)
 
 
-def choose_loss(p: OptimParams, task: str, y_train: np.ndarray, num_classes: int) -> dict[str, Any]:
-    if p.loss == "auto":
-        name = "cross_entropy" if task == "classification" else "mse"
-        why = f"auto: {name} is the maximum-likelihood loss for {task}"
-    else:
-        name, why = p.loss, "set in params (optim.loss)"
-    if (name == "cross_entropy") != (task == "classification"):
-        raise ParamsError(f"optim.loss: {name!r} does not fit a {task} task")
-    loss: dict[str, Any] = {"name": name, "why": why, "class_weights": None}
-    if task == "classification":
-        loss["label_smoothing"] = p.label_smoothing
-        if p.class_weights == "balanced":
-            counts = np.bincount(y_train, minlength=num_classes).astype(np.float64)
-            if (counts == 0).any():
-                raise ParamsError(f"optim.class_weights: class(es) {np.flatnonzero(counts == 0).tolist()} "
-                                  "are absent from the train split")
-            weights = len(y_train) / (num_classes * counts)  # sklearn's 'balanced' formula
-            loss["class_weights"] = [round(float(w), 6) for w in weights]
-            loss["class_weights_why"] = "balanced: n_samples / (n_classes * count) on the train split"
-    elif p.class_weights != "none":
-        raise ParamsError("optim.class_weights: only applies to classification")
-    return loss
+def choose_loss(p: OptimParams, task: Task, y_train: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """The task's loss for ``optim.loss`` (``auto``: the task's default), refused if it does not fit."""
+    if p.loss != "auto" and p.loss not in task.losses:
+        raise ParamsError(f"optim.loss: {p.loss!r} does not fit a {task.name} task (valid: auto, "
+                          f"{', '.join(task.losses)})")
+    return task.choose_loss(p, y_train, num_classes)
 
 
 def find_lr(params: Params, split_dir: Path, spec: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
@@ -50,7 +35,7 @@ def find_lr(params: Params, split_dir: Path, spec: dict[str, Any], recipe: dict[
     L.seed_everything(params.train.seed, workers=True, verbose=False)
     train_dl, val_dl = make_loaders(split_dir, params.train.batch_size, params.train.seed)
     probe = dict(recipe, optimizer=dict(recipe["optimizer"], lr=1e-3), scheduler={"name": "none"})
-    lit = build_model(spec, probe, params.train.epochs, augment=False)
+    lit = build_model(spec, probe, params.train.epochs, augment=None)
     with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:  # lr_find writes a checkpoint there
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)
@@ -70,9 +55,9 @@ def run(params: Params, split_dir: Path, design_dir: Path, out_dir: Path) -> dic
     split = read_json(Path(split_dir) / "split.json")
     spec = read_json(Path(design_dir) / "model_spec.json")
     y_train = load_arrays(Path(split_dir) / "train.npz", "y")["y"]
-    task = split["task"]
+    task = get_task(split["task"])
     recipe: dict[str, Any] = {
-        "task": task,
+        "task": task.name,
         "params": section_dict(p),
         "loss": choose_loss(p, task, y_train, spec["num_outputs"]),
         "optimizer": {"name": p.optimizer, "lr": p.lr, "lr_source": "params", "weight_decay": p.weight_decay},

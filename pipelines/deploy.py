@@ -1,4 +1,10 @@
-"""Step 7 — deploy: ONNX export + parity gate, MLflow registry (champion/challenger), Bento build."""
+"""Step 7 — deploy: ONNX export + parity gate, MLflow registry (champion/challenger), Bento build.
+
+The modality writes ``model.onnx`` (its preprocessing with the task's export head of the network)
+and the parity cases; the task says how outputs compare. A version becomes ``champion`` only when
+the evaluate gate passed and its primary metric is not worse than the current champion's value of
+the same metric; the alias reason says when the champion was scored on other data.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,18 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipelines import tracking
 from pipelines.cli import step_main
+from pipelines.data import preprocess_state
 from pipelines.files import DataError, read_json, sha256_file, staged_outputs, write_json
 from pipelines.params import DeployParams, Params, section_dict
+from pipelines.plugins import Exported, Task, get_modality, get_task
 
 log = logging.getLogger(__name__)
 
@@ -47,70 +55,95 @@ def parity_check(session: Any, reference: np.ndarray, feeds: Callable[[slice], d
             "passed": worst <= atol and agreement in (None, 1.0), "by_batch_size": results}
 
 
-def parity_report(session: Any, model: Any, X: np.ndarray, batch_sizes: tuple[int, ...], atol: float) -> dict:
-    """Parity for a model whose graph input is one array ``input`` (images, flat features)."""
-    import torch
-
-    with torch.no_grad():
-        reference = model(torch.from_numpy(X)).numpy()
-    return parity_check(session, reference, lambda s: {"input": X[s]}, batch_sizes, atol)
-
-
-def choose_alias(gate_passed: bool, value: float, champion_value: float | None, metric: str) -> tuple[str, str]:
-    """TFX-style blessing: champion only if the gate passed and the metric is not worse."""
-    if not gate_passed:
-        return CHALLENGER, f"evaluate gate failed ({metric} {value:.4f} below evaluate.min_accuracy)"
-    if champion_value is None:
-        return CHAMPION, "gate passed and there is no current champion"
-    if value >= champion_value:
-        return CHAMPION, f"gate passed and {metric} {value:.4f} >= current champion's {champion_value:.4f}"
-    return CHALLENGER, f"gate passed but {metric} {value:.4f} < current champion's {champion_value:.4f}"
+def parity(session: Any, exported: Exported, task: Task, target_state: dict[str, Any], p: DeployParams) -> dict:
+    """Every parity case of the export at every batch size, worst case first in the summary."""
+    scale = task.parity_scale(target_state)
+    reports = []
+    for case in exported.cases:
+        feeds = case.feeds
+        report = parity_check(session, case.reference, lambda s, f=feeds: {k: v[s] for k, v in f.items()},
+                              p.parity_batch_sizes, p.parity_atol, scale=scale, labels=task.compares_labels)
+        reports.append({**case.tag, **report})
+    agreements = [r["label_agreement"] for r in reports if r["label_agreement"] is not None]
+    return {"rows": reports[0]["rows"], "atol": p.parity_atol, "scale": scale,
+            "max_abs_diff": max(r["max_abs_diff"] for r in reports),
+            "mean_abs_diff": float(np.mean([r["mean_abs_diff"] for r in reports])),
+            "label_agreement": min(agreements) if agreements else None,
+            "passed": all(r["passed"] for r in reports), "by_batch_size": reports[0]["by_batch_size"],
+            "cases": reports, "export": exported.info}
 
 
-def current_champion(client: Any, name: str, metric: str) -> tuple[str | None, float | None]:
+def current_champion(client: Any, name: str, metric: str) -> dict[str, Any] | None:
+    """The champion version's number, its test value of ``metric`` (None: never scored on it) and data hash."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no such model or no such alias yet
-        return None, None
+        return None
     value = mv.tags.get(f"test_{metric}")
-    return str(mv.version), float(value) if value is not None else None
+    return {"version": str(mv.version), "value": float(value) if value is not None else None,
+            "data_hash": mv.tags.get("data_hash"), "metric": mv.tags.get("primary_metric")}
+
+
+def choose_alias(gate: dict[str, Any], champion: dict[str, Any] | None, data_hash: str) -> tuple[str, str]:
+    """TFX-style blessing: champion only if the gate passed and the primary metric is not worse than
+    the champion's value of the same metric."""
+    metric, value = gate["metric"], float(gate["value"])
+    if not gate["passed"]:
+        return CHALLENGER, f"evaluate gate failed ({gate['reason']})"
+    if champion is None:
+        return CHAMPION, "gate passed and there is no current champion"
+    note = ""
+    if champion["data_hash"] and champion["data_hash"] != data_hash:
+        note = (f"; note: champion v{champion['version']} was evaluated on other data (data_hash "
+                f"{champion['data_hash'][:12]} vs {data_hash[:12]}), so the two test scores are not on one test set")
+    if champion["value"] is None:
+        return CHAMPION, (f"gate passed and champion v{champion['version']} has no test {metric} to compare "
+                          f"(it was judged on {champion['metric'] or 'another metric'}){note}")
+    if value >= champion["value"]:
+        return CHAMPION, (f"gate passed and {metric} {value:.4f} >= champion v{champion['version']}'s "
+                          f"{champion['value']:.4f}{note}")
+    return CHALLENGER, (f"gate passed but {metric} {value:.4f} < champion v{champion['version']}'s "
+                        f"{champion['value']:.4f}{note}")
 
 
 def register(p: DeployParams, onnx_path: Path, extra_files: list[Path], run_id: str, gate: dict, metrics: dict,
-             X_example: Any, logits_example: np.ndarray) -> dict[str, Any]:
-    """Log the ONNX model to the training run, register a version, set its alias."""
+             data_hash: str, X_example: Any, output_example: np.ndarray) -> dict[str, Any]:
+    """Log the ONNX model to the training run, register a version, tag it with every test metric, the
+    primary metric and the data hash (what a later deploy compares with), set its alias."""
     import mlflow
     import onnx
     from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = tracking.get_client()
-    metric = gate["metric"]
-    champ_version, champ_value = current_champion(client, p.model_name, metric)
+    champion = current_champion(client, p.model_name, gate["metric"])
     with mlflow.start_run(run_id=run_id):
         info = mlflow.onnx.log_model(
             onnx.load(str(onnx_path)), name="onnx-model", registered_model_name=p.model_name,
-            signature=infer_signature(X_example, logits_example), pip_requirements=["onnxruntime", "numpy"],
+            signature=infer_signature(X_example, output_example), pip_requirements=["onnxruntime", "numpy"],
             save_as_external_data=False, extra_files=[str(f) for f in extra_files],
             onnx_execution_providers=["CPUExecutionProvider"], await_registration_for=60,
         )
     version = str(info.registered_model_version)
-    value = float(metrics[metric])
-    alias, reason = choose_alias(bool(gate["passed"]), value, champ_value, metric)
-    client.set_model_version_tag(p.model_name, version, f"test_{metric}", str(value))
-    client.set_model_version_tag(p.model_name, version, "gate", "pass" if gate["passed"] else "fail")
-    client.set_model_version_tag(p.model_name, version, "alias_reason", reason)
+    alias, reason = choose_alias(gate, champion, data_hash)
+    tags = {f"test_{k}": str(v) for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"}
+    tags.update(primary_metric=gate["metric"], data_hash=data_hash, gate="pass" if gate["passed"] else "fail",
+                alias_reason=reason)
+    for key, value in tags.items():
+        client.set_model_version_tag(p.model_name, version, key, value)
     client.set_registered_model_alias(p.model_name, alias, version)
     log.info("registered %s version %s as %s: %s", p.model_name, version, alias, reason)
-    return {"version": version, "alias": alias, "alias_reason": reason, "previous_champion": champ_version,
+    return {"version": version, "alias": alias, "alias_reason": reason,
+            "previous_champion": champion["version"] if champion else None,
             "model_uri": f"models:/{p.model_name}/{version}"}
 
 
 def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Export, check, register and package the evaluated model."""
     from pipelines.evaluate import load_network
+    from serving.runtime import make_session
 
     p = params.deploy
     split_dir, train_dir, evaluate_dir = Path(split_dir), Path(train_dir), Path(evaluate_dir)
@@ -118,36 +151,38 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
     run_info = read_json(train_dir / "run.json")
     gate = read_json(evaluate_dir / "gate.json")
     metrics = read_json(evaluate_dir / "metrics.json")
-    preprocess = read_json(split_dir / "preprocess.json")
-    net = load_network(train_dir / "model.pt")
+    state = preprocess_state(split_dir)
+    modality, task = get_modality(split["kind"]), get_task(split["task"])
+    head = task.export_head(load_network(train_dir / "model.pt"), state["target"])
 
     with staged_outputs(out_dir) as tmp:
         started = time.perf_counter()
-        if split["kind"] == "tabular":
-            parity, schema = _export_tabular(p, net, split_dir, split, preprocess, tmp)
-        elif split["kind"] == "text":
-            parity, schema = _export_text(p, net, split_dir, split, preprocess, tmp)
-        else:
-            parity, schema = _export_array(p, net, split_dir, split, preprocess, tmp)
-        parity["export"]["seconds"] = round(time.perf_counter() - started, 2)
-        example = parity.pop("signature_example")
-        write_json(tmp / "parity.json", parity)
+        exported = modality.export(head, split_dir, state, split, tmp, task.output_name)
+        session = make_session(tmp / "model.onnx")
+        report = _checked(parity(session, exported, task, state["target"], p), p)
+        report["export"]["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(tmp / "parity.json", report)
+        example = {k: v[:2] for k, v in exported.cases[0].feeds.items()}
+        signature = (exported.example, session.run([task.output_name], example)[0])
         manifest = {
             "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
             "onnx_file": "model.onnx", "onnx_sha256": sha256_file(tmp / "model.onnx"),
             "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
-            "gate": gate["passed"], "decision_threshold": gate.get("decision_threshold"),
-            "task": split["task"], "kind": split["kind"], "target": split.get("target"),
-            **{k: v for k, v in schema.items() if k != "files"},
+            "primary_metric": gate["metric"], "gate": gate["passed"],
+            "decision_threshold": gate.get("decision_threshold"),
+            "task": task.name, "kind": modality.name, "target": split.get("target"),
+            "input": exported.input_schema,
+            "output": {"name": task.output_name, "shape": [-1, task.num_outputs(split)], "dtype": "float32"},
             "classes": split.get("classes"), "bento_tag": None,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "params": section_dict(p),
         }
         write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
         if p.register:
-            extra = [tmp / "manifest.json", *(tmp / f for f in schema.get("files", []))]
-            manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics, *example))
+            extra = [tmp / "manifest.json", *(tmp / f for f in exported.files)]
+            manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics,
+                                     split["data_hash"], *signature))
         write_json(tmp / "manifest.json", manifest)
     if p.build_bento:
         try:
@@ -158,105 +193,9 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
         write_json(Path(out_dir) / "manifest.json.tmp", manifest)
         os.replace(Path(out_dir) / "manifest.json.tmp", Path(out_dir) / "manifest.json")
     log.info("deployed %s v%s as %s; parity max |diff| %.2e; bento %s", p.model_name, manifest.get("version"),
-             manifest.get("alias"), parity["max_abs_diff"], manifest["bento_tag"])
+             manifest.get("alias"), report["max_abs_diff"], manifest["bento_tag"])
     return {"version": manifest.get("version"), "alias": manifest.get("alias"), "bento_tag": manifest["bento_tag"],
-            "max_abs_diff": parity["max_abs_diff"]}
-
-
-def _export_array(p: DeployParams, net: Any, split_dir: Path, split: dict, preprocess: dict,
-                  tmp: Path) -> tuple[dict, dict]:
-    """Images (or other fixed-shape arrays): standardisation baked in front of the network."""
-    from pipelines.data import load_split
-    from pipelines.export import INPUT_NAME, OUTPUT_NAME, Deployable, export_onnx
-    from serving.runtime import make_session
-
-    input_shape = split["input_shape"]
-    model = Deployable(net, preprocess, input_shape).eval()
-    X_test = load_split(split_dir, "test", preprocess=False)[0].astype(np.float32)
-    export = export_onnx(model, input_shape, tmp / "model.onnx")
-    session = make_session(tmp / "model.onnx")
-    parity = {**parity_report(session, model, X_test, p.parity_batch_sizes, p.parity_atol), "export": export}
-    parity["signature_example"] = (X_test[:2], session.run(None, {INPUT_NAME: X_test[:2]})[0])
-    schema = {"input": {"name": INPUT_NAME, "shape": [-1, *input_shape], "dtype": "float32",
-                        "value_range": split.get("value_range")},
-              "output": {"name": OUTPUT_NAME, "shape": [-1, len(split["classes"])], "dtype": "float32"}}
-    return _checked(parity, p), schema
-
-
-def _export_tabular(p: DeployParams, net: Any, split_dir: Path, split: dict, preprocess: dict,
-                    tmp: Path) -> tuple[dict, dict]:
-    """Tables: the fitted preprocessing graph (raw columns in) composed with the network."""
-    import onnx
-    import pandas as pd
-    import torch
-
-    from pipelines import tabular_prep
-    from pipelines.data import load_split
-    from pipelines.export import TargetScale, compose_with_preprocessing, export_onnx
-    from serving.runtime import make_session
-
-    scaler = preprocess.get("target_scaler")
-    head = (TargetScale(net, scaler["mean"], scaler["std"]) if scaler else net).eval()
-    export = export_onnx(head, split["input_shape"], tmp / "net.onnx",
-                         output_name="logits" if split["task"] == "classification" else "prediction")
-    composed = compose_with_preprocessing(onnx.load(str(split_dir / "preprocess.onnx")), tmp / "net.onnx",
-                                          tmp / "model.onnx")
-    (tmp / "net.onnx").unlink()
-    X_test, _ = load_split(split_dir, "test")
-    raw = pd.read_parquet(split_dir / "test.parquet")
-    with torch.no_grad():
-        reference = head(torch.from_numpy(X_test)).numpy()
-    feeds = tabular_prep.onnx_feeds(raw, preprocess)
-    session = make_session(tmp / "model.onnx")
-    parity = parity_check(session, reference, lambda s: {k: v[s] for k, v in feeds.items()}, p.parity_batch_sizes,
-                          p.parity_atol, scale=scaler["std"] if scaler else 1.0, labels=scaler is None)
-    parity["export"] = {**export, **composed}
-    example = {k: v[:2] for k, v in feeds.items()}
-    parity["signature_example"] = (raw.drop(columns=[split["target"]]).iloc[:2], session.run(None, example)[0])
-    columns = [{"name": c, "type": "numeric"} for c in preprocess["numeric"]]
-    columns += [{"name": c["name"], "type": "categorical", "categories": c["categories"]}
-                for c in preprocess["categorical"]]
-    out_name = composed["outputs"][0]
-    width = len(split["classes"]) if split["task"] == "classification" else 1
-    schema = {"input": {"kind": "records", "columns": columns},
-              "output": {"name": out_name, "shape": [-1, width], "dtype": "float32"}}
-    return _checked(parity, p), schema
-
-
-def _export_text(p: DeployParams, net: Any, split_dir: Path, split: dict, preprocess: dict,
-                 tmp: Path) -> tuple[dict, dict]:
-    """Token ids in (batch and sequence axes dynamic), logits out; the tokenizer ships beside it."""
-    import torch
-
-    from pipelines.data import load_split
-    from pipelines.export import INPUT_NAME, OUTPUT_NAME, export_onnx
-    from serving.runtime import make_session
-
-    X_test, _ = load_split(split_dir, "test")
-    longest = int((X_test != 0).sum(1).max())
-    export = export_onnx(net, split["input_shape"], tmp / "model.onnx", example=torch.from_numpy(X_test[:4]),
-                         dynamic_axes={0: "batch", 1: "seq"})
-    shutil.copy(split_dir / preprocess["tokenizer"], tmp / "tokenizer.json")
-    session = make_session(tmp / "model.onnx")
-    reports = []
-    # the full padded width and a trimmed one: the sequence axis must really be dynamic
-    for width in sorted({X_test.shape[1], max(2, longest // 2)}):
-        X = np.ascontiguousarray(X_test[:, :width])
-        with torch.no_grad():
-            reference = net(torch.from_numpy(X)).numpy()
-        report = parity_check(session, reference, lambda s, X=X: {INPUT_NAME: X[s]}, p.parity_batch_sizes, p.parity_atol)
-        reports.append({**report, "seq_len": width})
-    parity = {"rows": reports[0]["rows"], "atol": p.parity_atol, "scale": 1.0,
-              "max_abs_diff": max(r["max_abs_diff"] for r in reports),
-              "mean_abs_diff": float(np.mean([r["mean_abs_diff"] for r in reports])),
-              "label_agreement": min(r["label_agreement"] for r in reports),
-              "passed": all(r["passed"] for r in reports), "by_seq_len": reports, "export": export}
-    parity["signature_example"] = (X_test[:2], session.run(None, {INPUT_NAME: X_test[:2]})[0])
-    schema = {"input": {"kind": "texts", "name": INPUT_NAME, "dtype": "int64", "max_len": preprocess["max_len"],
-                        "tokenizer": "tokenizer.json", "tokenizer_sha256": sha256_file(tmp / "tokenizer.json")},
-              "output": {"name": OUTPUT_NAME, "shape": [-1, len(split["classes"])], "dtype": "float32"},
-              "files": ["tokenizer.json"]}
-    return _checked(parity, p), schema
+            "max_abs_diff": report["max_abs_diff"]}
 
 
 def _checked(parity: dict, p: DeployParams) -> dict:
@@ -267,6 +206,26 @@ def _checked(parity: dict, p: DeployParams) -> dict:
             f"{p.parity_atol:g}), label agreement {'n/a' if agreement is None else f'{agreement:.4%}'} "
             f"over {parity['rows']} test rows")
     return parity
+
+
+def build_bento(model_dir: Path) -> str:
+    """``bentoml build`` over a clean context: serving/ + this model's files as artifacts/deploy/.
+
+    The Bento's copy of manifest.json cannot hold its own tag; the deploy output's copy does.
+    """
+    import tempfile
+
+    from serving.build import build_bento as bentoml_build
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
+        ctx_path = Path(ctx)
+        shutil.copytree(root / "serving", ctx_path / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+        (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
+        for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
+            if path.name != "parity.json":
+                shutil.copy(path, ctx_path / "artifacts" / "deploy" / path.name)
+        return bentoml_build(ctx_path, None)
 
 
 def build_bento(model_dir: Path) -> str:

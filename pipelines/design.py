@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import step_main
-from pipelines.data import load_split
+from pipelines.data import load_split, preprocess_state
 from pipelines.files import read_json, staged_outputs, write_json
 from pipelines.params import Params
+from pipelines.plugins import get_modality, get_task
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,9 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
 
     split = read_json(Path(split_dir) / "split.json")
     input_shape = split["input_shape"]
-    task = split["task"]
-    num_outputs = len(split["classes"]) if task == "classification" else 1
-    preprocess = read_json(Path(split_dir) / "preprocess.json")
-    data_args = {"tabular": {"cardinalities": preprocess.get("cardinalities")},
-                 "text": {"vocab_size": preprocess.get("vocab_size")}}.get(preprocess["kind"], {})
+    task = get_task(split["task"])
+    num_outputs = task.num_outputs(split)
+    data_args = get_modality(split["kind"]).data_args(preprocess_state(Path(split_dir)))
     net = create_model(params.model.name, input_shape, num_outputs, data_args=data_args, **params.model.kwargs)
 
     X, _ = load_split(Path(split_dir), "train")
@@ -42,9 +41,10 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
         "arch": params.model.name,
         "kwargs": params.model.kwargs,
         "data_args": data_args,
-        "task": task,
+        "task": task.name,
+        "kind": split["kind"],
         "input": {"name": "input", "shape": [-1, *input_shape], "dtype": str(X.dtype)},
-        "output": {"name": "logits" if task == "classification" else "prediction",
+        "output": {"name": task.output_name,
                    "shape": [-1, num_outputs], "dtype": "float32"},
         "num_outputs": num_outputs,
         "classes": split.get("classes"),

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pipelines.tabular_prep import ONNX_OPSET
+from pipelines.plugins import ONNX_OPSET
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 

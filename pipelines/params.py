@@ -9,6 +9,7 @@ signature (``models.registry.create_model``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -148,11 +149,22 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    min_accuracy: float = 0.9   # gate for classification
-    min_r2: float = 0.0         # gate for regression
-    # binary classification: decision threshold tuned on the validation split for this objective
+    """``metric`` decides the verdict, the gate and the champion: ``auto`` lets the task choose from
+    the data (classification: accuracy when the classes are balanced, ROC-AUC for an imbalanced
+    binary target, macro F1 for imbalanced multiclass; regression: R²) or name one of the task's
+    metrics. The gate passes when the test value of that metric is at least ``min_score``."""
+
+    metric: str = "auto"
+    min_score: float = 0.0
+    # binary classification: each model's decision threshold tuned on the validation split for this objective
     threshold_objective: Literal["f1", "balanced_accuracy", "none"] = "f1"
     baselines: tuple[Literal["logreg", "svc", "knn", "gboost", "linear", "tfidf_logreg"], ...] = ("logreg", "svc")
+
+    def __post_init__(self) -> None:
+        if not self.metric.strip():
+            raise ParamsError("evaluate.metric: must not be empty (auto, or a metric name such as accuracy, roc_auc, r2)")
+        if not math.isfinite(self.min_score):
+            raise ParamsError(f"evaluate.min_score: must be a finite number, got {self.min_score}")
 
 
 @dataclass(frozen=True)

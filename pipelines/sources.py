@@ -95,30 +95,30 @@ def source_arg(params: DataParams) -> str:
     return params.source.split(":", 1)[1]
 
 
-def _lookup(source: str) -> SourceFn | None:
+def source_name(source: str) -> str | None:
+    """The registered name serving ``source`` (``csv:<path>`` for ``csv:data/x.csv``), or None."""
     pattern_names = {name for name, _ in _PREFIXES.values()}
     if source in _SOURCES and source not in pattern_names:
-        return _SOURCES[source]
+        return source
     for prefix, (name, suffixes) in _PREFIXES.items():
         arg = source[len(prefix):]
         if source.startswith(prefix) and arg and (not suffixes or arg.lower().endswith(suffixes)):
-            return _SOURCES[name]
+            return name
     return None
 
 
+def unknown_source_hint(source: str) -> str:
+    """For an unknown ``source`` that starts like a file source: the suffixes it needs."""
+    return "".join(f"; {name} needs a path ending in {' or '.join(suffixes)}"
+                   for prefix, (name, suffixes) in _PREFIXES.items() if source.startswith(prefix) and suffixes)
+
+
 def load_source(params: DataParams) -> Dataset | Table | TextTable:
-    fn = _lookup(params.source)
-    if fn is None:
-        hints = [f"; {name} needs a path ending in {' or '.join(suffixes)}"
-                 for prefix, (name, suffixes) in _PREFIXES.items() if params.source.startswith(prefix) and suffixes]
-        raise ParamsError(
-            f"data.source: unknown source {params.source!r} (valid: {', '.join(list_sources())})" + "".join(hints)
-        )
-    loaded = fn(params)
-    if params.text and not isinstance(loaded, TextTable):
-        raise ParamsError(f"data.text: {params.source!r} is not a text source (text columns are read from "
-                          "csv:, jsonl: and parquet: files); leave data.text unset")
-    return loaded
+    name = source_name(params.source)
+    if name is None:
+        raise ParamsError(f"data.source: unknown source {params.source!r} (valid: {', '.join(list_sources())})"
+                          + unknown_source_hint(params.source))
+    return _SOURCES[name](params)
 
 
 @register_source("sklearn:digits")

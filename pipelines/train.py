@@ -7,6 +7,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -18,9 +19,10 @@ from models.lit import LitModel
 from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
-from pipelines.data import load_split, target_scaler
+from pipelines.data import load_split, preprocess_state
 from pipelines.files import read_json, staged_outputs, write_json
-from pipelines.params import Params, section_dict
+from pipelines.params import Params, ParamsError, section_dict
+from pipelines.plugins import get_modality, get_task
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +30,35 @@ CHECKPOINT = "model.pt"
 
 
 def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
-    """Train (shuffled with a seeded generator) and val loaders over the preprocessed splits."""
+    """Train (shuffled with a seeded generator) and val loaders; targets as the task's loss takes them."""
     split = read_json(Path(split_dir) / "split.json")
-    target_dtype = torch.long if split["task"] == "classification" else torch.float32
-    scaler = target_scaler(split_dir)
+    task = get_task(split["task"])
+    target_state = preprocess_state(split_dir)["target"]
     loaders = []
     for name in ("train", "val"):
         X, y = load_split(split_dir, name)
-        if scaler:  # regression: learn the standardised target; export de-standardises
-            y = (y - scaler["mean"]) / scaler["std"]
-        ds = TensorDataset(torch.from_numpy(X), torch.as_tensor(y, dtype=target_dtype))
+        ds = TensorDataset(torch.from_numpy(X), task.train_targets(y, target_state))
         gen = torch.Generator().manual_seed(seed)
         loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=name == "train", generator=gen))
     return loaders[0], loaders[1]
 
 
-def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int, augment: bool) -> LitModel:
+def augmenter(params: Params, split_dir: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The modality's train-time batch transform when ``train.augment`` is on."""
+    if not params.train.augment:
+        return None
+    state = preprocess_state(split_dir)
+    fn = get_modality(state["modality"]).augmenter(state)
+    if fn is None:
+        raise ParamsError(f"train.augment: {state['modality']} data has no augmentation; set it to false")
+    return fn
+
+
+def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int,
+                augment: Callable[[torch.Tensor], torch.Tensor] | None) -> LitModel:
     net = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"],
                        data_args=spec.get("data_args"), **spec["kwargs"])
-    return LitModel(net, recipe, epochs=epochs, augment=augment)
+    return LitModel(net, recipe, get_task(recipe["task"]), epochs=epochs, augment=augment)
 
 
 class EpochLogger(Callback):
@@ -110,7 +122,7 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
     torch.set_num_threads(p.num_threads)
     L.seed_everything(p.seed, workers=True, verbose=False)
     train_dl, val_dl = make_loaders(split_dir, p.batch_size, p.seed)
-    lit = build_model(spec, recipe, p.epochs, p.augment)
+    lit = build_model(spec, recipe, p.epochs, augmenter(params, split_dir))
 
     client = tracking.get_client()
     exp_id = tracking.ensure_experiment(client, p.experiment)
@@ -162,6 +174,7 @@ def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, 
                 "epochs_run": len(epoch_logger.history), "best_epoch": int(best["epoch"]),
                 "best_val_loss": best["val_loss"], "best_val_acc": best.get("val_acc"),
                 "best_val_mae_standardised": best.get("val_mae"),
+                "best_val": {k: v for k, v in best.items() if k.startswith("val_")},
                 "stopped_early": trainer.early_stopping_callback.stopped_epoch > 0,
                 "fit_seconds": round(fit_seconds, 3)}
         write_json(tmp / "run.json", info)

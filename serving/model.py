@@ -153,14 +153,17 @@ def is_text(manifest: dict[str, Any]) -> bool:
     return manifest.get("kind") == "text"
 
 
-# The service that speaks each kind of model: `make serve` and serving.build pick it from the manifest.
-SERVICES = {"image": "serving.service:DigitsClassifier", "tabular": "serving.tabular:TabularPredictor",
-            "text": "serving.text:TextClassifier"}
-
-
 def service_for(manifest: dict[str, Any]) -> str:
-    kind = manifest.get("kind")
-    return SERVICES[kind if kind in ("tabular", "text") else "image"]
+    """The service that speaks the model's modality (``make serve`` and serving.build pick it)."""
+    from pipelines.plugins import PluginError, get_modality
+
+    try:
+        service = get_modality(manifest.get("kind") or "image").service
+    except PluginError as exc:
+        raise ModelLoadError(f"manifest kind: {exc}") from None
+    if service is None:
+        raise ModelLoadError(f"no service serves {manifest.get('kind')!r} models yet")
+    return service
 
 
 def _check_tabular_manifest(path: Path, manifest: dict[str, Any]) -> None:

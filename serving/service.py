@@ -22,7 +22,7 @@ from fastapi.responses import RedirectResponse
 from serving.common import RUNNER_CONNECTION, ModelClient, install_log_filter
 from serving.limits import BodySizeLimitMiddleware
 from serving.model import LoadedModel, ModelLoadError, load_model
-from serving.schemas import (HEIGHT, MAX_BODY_BYTES, MAX_IMAGES, VALUE_MAX, VALUE_MIN, WIDTH, Images,
+from pipelines.modalities.image.serve import (HEIGHT, MAX_BODY_BYTES, MAX_IMAGES, VALUE_MAX, VALUE_MIN, WIDTH, Images,
                              ModelMetadata, Prediction, PredictResponse)
 
 # Adaptive batching, chosen by measurement (benchmarks/serve_bench.py: 2 cores, 16 clients, 8 s,

@@ -26,7 +26,7 @@ from serving.limits import BodySizeLimitMiddleware
 from serving.model import (LoadedModel, ModelLoadError, is_tabular, load_model_from, read_manifest,
                            resolve_model_dir, service_for)
 from serving.runtime import softmax
-from serving.tabular_schemas import (MAX_BODY_BYTES, MAX_RECORDS, Notes, RecordPrediction, TabularMetadata,
+from pipelines.modalities.tabular.serve import (MAX_BODY_BYTES, MAX_RECORDS, Notes, RecordPrediction, TabularMetadata,
                                      TabularPredictResponse, decide, feeds, records_type, tally, to_rows)
 
 # Batching as in serving/service.py (max_latency_ms is a load-shedding deadline); a batch holds up

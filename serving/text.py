@@ -30,8 +30,8 @@ from fastapi.responses import RedirectResponse
 from serving.common import RUNNER_CONNECTION, ModelClient, install_log_filter
 from serving.limits import BodySizeLimitMiddleware
 from serving.model import LoadedModel, ModelLoadError, is_text, load_model, service_for
-from serving.tabular_schemas import decide
-from serving.text_schemas import (MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS, TextMetadata, TextNotes,
+from pipelines.modalities.tabular.serve import decide
+from pipelines.modalities.text.serve import (MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS, TextMetadata, TextNotes,
                                   TextPrediction, TextPredictResponse, Texts, no_tokens_error, trim_padding)
 
 # Batching as in serving/service.py (max_latency_ms is a load-shedding deadline, not a wait); a batch
@@ -58,7 +58,7 @@ class TextModel:
         if not is_text(self.model.manifest) or self.model.tokenizer_path is None:
             raise ModelLoadError(f"{self.model.source}: not a text model (kind {self.model.manifest.get('kind')!r}); "
                                  f"serve {service_for(self.model.manifest)}")
-        from serving.text_encode import load_tokenizer
+        from pipelines.modalities.text.encode import load_tokenizer
 
         try:  # refuse to start on a tokenizer the API process could not use (<pad> must be 0, <unk> 1)
             load_tokenizer(self.model.tokenizer_path)
@@ -86,7 +86,7 @@ class TextModel:
 
 def _load_tokenizer(text: str) -> Any:
     """text_encode.load_tokenizer takes a path: the training split's loader, not a look-alike."""
-    from serving.text_encode import load_tokenizer
+    from pipelines.modalities.text.encode import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="dlops-tokenizer-") as tmp:
         path = Path(tmp) / "tokenizer.json"
@@ -123,7 +123,7 @@ class TextClassifier(ModelClient):
         return manifest
 
     async def _encode(self, texts: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from serving.text_encode import encode
+        from pipelines.modalities.text.encode import encode
 
         # off the event loop: 128 texts of 10,000 characters take a while; encode only reads the tokenizer
         return await asyncio.to_thread(encode, self._tokenizer, texts, max_len)

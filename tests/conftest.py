@@ -19,7 +19,7 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 128, "patience": 2, "augment": False, "experiment": "dlops-test"},
     "model": {"name": "cnn", "kwargs": {"channels": [8, 16], "hidden": 32, "dropout": 0.1}},
     "optim": {"scheduler": "none", "lr": 0.003},
-    "evaluate": {"min_accuracy": 0.5, "baselines": ["logreg"]},
+    "evaluate": {"min_score": 0.5, "baselines": ["logreg"]},
     "deploy": {"build_bento": False, "model_name": "dlops-test"},
 }
 
@@ -88,7 +88,7 @@ def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real `bentoml serve` of the requesting module's ``model_dir`` fixture on a free 127.0.0.1 port."""
-    from serving.fixtures import serving
+    from tests.helpers import serving
 
     with serving(model_dir, tmp_path_factory.mktemp("serve")) as info:
         yield info

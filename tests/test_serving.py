@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.fixtures import build_demo_model
+from tests.helpers import build_demo_model
 from serving.model import ModelLoadError, load_model, resolve_model_dir
-from serving.schemas import MAX_BODY_BYTES, MAX_IMAGES
+from pipelines.modalities.image.serve import MAX_BODY_BYTES, MAX_IMAGES
 
 ZERO_ROW = [0] * 8
 
@@ -261,4 +261,5 @@ def test_build_bento_returns_its_tag(model_dir: Path, tmp_path: Path) -> None:
     assert name == "dlops-digits" and (bento / "bento.yaml").is_file()
     assert (bento / "src" / "artifacts" / "deploy" / "model.onnx").is_file()
     assert not (bento / "src" / "serving" / "fixtures.py").exists()
+    assert not (bento / "src" / "tests").exists()  # test helpers (tests/helpers.py) never ship
     assert "ENV BENTOML_HOST" in (bento / "env" / "docker" / "Dockerfile").read_text()

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.fixtures import serving
+from tests.helpers import serving
 from serving.model import MANIFEST, load_model, read_manifest, service_for, sha256_file
-from serving.tabular_schemas import MAX_BODY_BYTES, MAX_RECORDS
+from pipelines.modalities.tabular.serve import MAX_BODY_BYTES, MAX_RECORDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = {"columns": [{"name": "age", "type": "numeric"}, {"name": "monthly_spend", "type": "numeric"},
@@ -54,7 +54,7 @@ def build_tabular_model(out_dir: Path, task: str, seed: int = 0) -> Path:
     import torch
 
     from models.registry import create_model
-    from pipelines import tabular_prep
+    from pipelines.modalities.tabular import prep as tabular_prep
     from pipelines.export import TargetScale, compose_with_preprocessing, export_onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -308,7 +308,7 @@ def test_regression_served_matches_onnx_runtime(tmp_path_factory: pytest.TempPat
 def test_generated_schema_and_decision_rule_in_process(model_dir: Path) -> None:
     from pydantic import TypeAdapter, ValidationError
 
-    from serving.tabular_schemas import decide, records_type, tally, to_rows
+    from pipelines.modalities.tabular.serve import decide, records_type, tally, to_rows
 
     columns = read_manifest(model_dir)["input"]["columns"]
     adapter = TypeAdapter(records_type(columns))
@@ -367,3 +367,4 @@ def test_build_bento_picks_the_tabular_service(model_dir: Path, tmp_path: Path) 
     assert (bento / "src" / "serving" / "tabular_schemas.py").is_file()
     assert (bento / "src" / "artifacts" / "deploy" / "manifest.json").is_file()
     assert not (bento / "src" / "serving" / "fixtures.py").exists()
+    assert not (bento / "src" / "tests").exists()  # test helpers (tests/helpers.py) never ship

@@ -1,7 +1,7 @@
 """The text BentoML service, served for real: `bentoml serve serving.text:TextClassifier` in a subprocess
 on a free 127.0.0.1 port over a tiny English + Chinese model (WordLevel tokenizer.json, bag-of-embeddings
 net exported with both input axes dynamic, manifest.json). Predictions are checked against
-serving.text_encode.encode + ONNX Runtime run in-process on the full max_len-wide ids."""
+pipelines.modalities.text.encode.encode + ONNX Runtime run in-process on the full max_len-wide ids."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.fixtures import build_text_model
+from tests.helpers import build_text_model
 from serving.model import MANIFEST, ModelLoadError, load_model, service_for
-from serving.text_schemas import MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS
+from pipelines.modalities.text.serve import MAX_BODY_BYTES, MAX_TEXT_CHARS, MAX_TEXTS
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN, THRESHOLD = 16, 0.46
@@ -40,7 +40,7 @@ def reference(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     on ids padded to the full max_len (the service trims padding columns; the result must not move)."""
     import onnxruntime as ort
 
-    from serving.text_encode import encode, load_tokenizer
+    from pipelines.modalities.text.encode import encode, load_tokenizer
 
     ids, lengths, truncated = encode(load_tokenizer(model_dir / "tokenizer.json"), texts, MAX_LEN)
     session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -218,7 +218,7 @@ def test_server_alive_after_bad_inputs_and_log_quiet(http: httpx.Client, server:
 
 
 def test_trim_padding_keeps_every_used_column() -> None:
-    from serving.text_schemas import trim_padding
+    from pipelines.modalities.text.serve import trim_padding
 
     ids = np.array([[5, 6, 0, 0, 0], [7, 0, 0, 0, 0], [3, 4, 9, 0, 0]], np.int64)
     assert trim_padding(ids).tolist() == ids[:, :3].tolist()
@@ -285,4 +285,5 @@ def test_build_bento_picks_the_text_service_and_ships_the_tokenizer(model_dir: P
                  "artifacts/deploy/tokenizer.json", "artifacts/deploy/manifest.json"):
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "serving" / "fixtures.py").exists()
+    assert not (bento / "src" / "tests").exists()  # test helpers (tests/helpers.py) never ship
     assert "tokenizers==" in (bento / "env" / "python" / "requirements.txt").read_text()

@@ -10,7 +10,7 @@ from pipelines import collect
 from pipelines.files import DataError, load_arrays
 from pipelines.params import ParamsError, parse_params
 from pipelines.sources import Table
-from pipelines.tabular import frame_hash, prepare_table
+from pipelines.modalities.tabular.infer import frame_hash, prepare_table
 from tests.conftest import make_params
 
 N = 200

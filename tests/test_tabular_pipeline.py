@@ -166,7 +166,7 @@ def test_churn_service_over_http_equals_pipeline_predictions(churn_run, tmp_path
     """The whole path: raw test rows as JSON records -> `bentoml serve` -> the pipeline's answers."""
     import httpx
 
-    from serving.fixtures import serving
+    from tests.helpers import serving
 
     work, _ = churn_run
     raw = pd.read_parquet(work / "split" / "test.parquet").drop(columns=["churned"])

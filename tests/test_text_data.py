@@ -11,7 +11,7 @@ from pipelines import collect, split
 from pipelines.data import load_split
 from pipelines.files import DataError, load_arrays
 from pipelines.params import ParamsError, parse_params
-from serving.text_encode import encode, load_tokenizer
+from pipelines.modalities.text.encode import encode, load_tokenizer
 from tests.conftest import ROOT, make_params
 
 POS = ["great", "wonderful", "loved", "brilliant", "moving", "superb"]
@@ -284,7 +284,7 @@ def test_text_params_are_checked(raw, named):
 
 def test_encode_contract(tmp_path):
     from pipelines.params import TextParams
-    from pipelines.text import fit_tokenizer
+    from pipelines.modalities.text.corpus import fit_tokenizer
 
     tokenizer = fit_tokenizer(["a b c", "a b", "a"], TextParams(min_frequency=1), "word")
     ids, lengths, truncated = encode(tokenizer, ["a b c zzz", "", "c"], 3)
@@ -308,7 +308,7 @@ def test_serving_encoder_imports_no_torch_or_pandas():
     import subprocess
     import sys
 
-    code = "import sys, serving.text_encode; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
+    code = "import sys, pipelines.modalities.text.encode; print(sorted(m for m in ('torch', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=ROOT)
     assert out.stdout.strip() == "[]"

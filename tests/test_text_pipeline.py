@@ -96,7 +96,7 @@ def test_service_over_http_equals_pipeline_predictions(text_run, tmp_path):
     """Raw test texts -> `bentoml serve` (tokenizer inside the service) -> the pipeline's answers."""
     import httpx
 
-    from serving.fixtures import serving
+    from tests.helpers import serving
 
     _, work, _ = text_run
     texts = pd.read_parquet(work / "split" / "test.parquet")["text"].tolist()[:64]

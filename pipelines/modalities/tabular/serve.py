@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
-from serving.schemas import MAX_BODY_BYTES, ModelMetadata, _describe
+from pipelines.modalities.schema import MAX_BODY_BYTES, ModelMetadata, describe as _describe
 
 MAX_RECORDS = 1024  # per request; a 20-column record is ~0.5 KB of JSON, far below the body limit
 FLOAT32_MAX = float(np.finfo(np.float32).max)

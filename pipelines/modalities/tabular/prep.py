@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 
 from pipelines.files import DataError
+from pipelines.plugins import ONNX_OPSET
 
 MISSING = "__missing__"
 OUTPUT = "features"
 PREPROCESS_VERSION = 1
-ONNX_OPSET = 20  # the networks' export opset too (pipelines/export.py), so that the graphs compose
 
 
 def _transformer(numeric: list[str], categories: dict[str, list[str]]) -> Any:
@@ -134,9 +134,9 @@ def onnx_feeds(df: pd.DataFrame, state: dict[str, Any]) -> dict[str, np.ndarray]
 
 def check_onnx(model: Any, ct: Any, df: pd.DataFrame, state: dict[str, Any], atol: float = 1e-5) -> float:
     """Max |ONNX - scikit-learn| on ``df``'s rows; raises if they disagree (export checks itself)."""
-    from serving.runtime import make_session
-
     import tempfile
+
+    from serving.runtime import make_session
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.onnx"

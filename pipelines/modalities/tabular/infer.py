@@ -336,27 +336,16 @@ def _column_profile(col: pd.Series, kind: str) -> dict[str, Any]:
     return info
 
 
-def table_profile(prep: PreparedTable, params: DataParams) -> dict[str, Any]:
-    """profile.json for a table: schema per column, what was dropped, target summary, hash, checks."""
+def table_profile(prep: PreparedTable, params: DataParams, task: Any) -> dict[str, Any]:
+    """profile.json for a table: schema per column, what was dropped, target summary (by ``task``,
+    a ``pipelines.plugins.Task``), hash, checks."""
     frame, target = prep.frame, prep.frame[prep.target]
-    prof: dict[str, Any] = {
-        "source": prep.origin, "task": prep.task, "kind": "tabular", "target": prep.target,
-        "rows": int(len(frame)),
+    return {
+        "source": prep.origin, "task": prep.task, "target": prep.target, "rows": int(len(frame)),
         "columns": [_column_profile(frame[name], kind) for name, kind in prep.kinds.items()],
-        "dropped": prep.dropped,
-        "dropped_rows_missing_target": prep.dropped_rows_missing_target,
+        "dropped": prep.dropped, "dropped_rows_missing_target": prep.dropped_rows_missing_target,
+        **task.target_profile(target.to_numpy()),
+        "data_hash": frame_hash(frame), "checks_passed": prep.checks, "params": section_dict(params),
+        "value_range": None,
+        "schema": {"features": {"columns": len(prep.kinds)}, "target": {"name": prep.target, "dtype": str(target.dtype)}},
     }
-    if prep.task == "classification":
-        counts = target.value_counts()
-        prof["classes"] = sorted(str(c) for c in counts.index)
-        prof["num_classes"] = len(prof["classes"])
-        prof["class_balance"] = {c: int(counts[c]) for c in prof["classes"]}
-        prof["imbalance_ratio"] = round(float(counts.max() / counts.min()), 3)
-    else:
-        prof["target_stats"] = {"mean": float(target.mean()), "std": float(target.std(ddof=0)),
-                                "min": float(target.min()), "max": float(target.max())}
-    prof.update(data_hash=frame_hash(frame), checks_passed=prep.checks, params=section_dict(params),
-                value_range=None,
-                schema={"features": {"columns": len(prep.kinds)},
-                        "target": {"name": prep.target, "dtype": str(target.dtype)}})
-    return prof

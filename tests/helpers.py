@@ -1,6 +1,7 @@
-"""A small untrained model directory that honours the deploy contract, for tests and benchmarks.
+"""Test helpers: small untrained model directories that honour the deploy contract, and a served one.
 
-Imports torch and the exporter, so it is not part of the bento (see serving/bentofile.yaml).
+Used by tests and benchmarks. Imports torch and the exporter, so it lives under tests/, outside the
+bento (serving/bentofile.yaml includes only serving/ modules and the deploy artifacts).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from serving.schemas import ModelMetadata, _describe
+from pipelines.modalities.schema import ModelMetadata, describe as _describe
 
 MAX_TEXTS = 128  # per request
 MAX_TEXT_CHARS = 10_000  # per text: far past any max_len in tokens, and it bounds tokenizer work

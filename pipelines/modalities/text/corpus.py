@@ -11,7 +11,7 @@ in CJK ranges (``cjk_fraction``), "cjk" at >= ``CJK_SCRIPT_MIN``, "latin" at <= 
 split fits a Hugging Face ``tokenizers`` WordLevel tokenizer on the train texts only: NFKC
 (+ lowercase), then whitespace/punctuation splitting with each CJK character isolated (``word``) or
 every character a token (``char``); ``<pad>`` is id 0 and ``<unk>`` id 1. Every split is encoded with
-``serving.text_encode.encode``, the function the service uses.
+``pipelines.modalities.text.encode.encode``, the function the service uses.
 
 Errors are ``DataError`` naming the file, the column and, where one row is at fault, its 0-based
 data row (the header is not a row; JSONL rows also give the file line).
@@ -24,16 +24,15 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipelines.files import DataError, save_arrays, sha256_arrays, staged_outputs, write_json
-from pipelines.params import DataParams, Params, TextParams, section_dict
+from pipelines.files import DataError
+from pipelines.params import DataParams, TextParams, section_dict
 from pipelines.sources import TextTable
-from serving.text_encode import PAD, PAD_ID, UNK, UNK_ID, encode
+from pipelines.modalities.text.encode import PAD, PAD_ID, UNK, UNK_ID
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +157,15 @@ def texts_hash(texts: pd.Series, labels: pd.Series) -> str:
     return h.hexdigest()
 
 
-def text_profile(prep: PreparedTexts, params: DataParams) -> dict[str, Any]:
-    """profile.json for a text corpus: classes and balance, script, lengths, dropped rows, hash."""
+def text_profile(prep: PreparedTexts, params: DataParams, task: Any) -> dict[str, Any]:
+    """profile.json for a text corpus: classes and balance (by ``task``), script, lengths, dropped
+    rows, hash."""
     frame = prep.frame
-    counts = frame["label"].value_counts()
-    classes = sorted(str(c) for c in counts.index)
     lengths = frame["text"].str.len().to_numpy(dtype=np.int64)
     fraction = cjk_fraction(frame["text"])
     return {
-        "source": prep.origin, "kind": "text", "task": "classification",
-        "text_column": prep.text_column, "target": prep.target, "rows": int(len(frame)),
-        "classes": classes, "num_classes": len(classes),
-        "class_balance": {c: int(counts[c]) for c in classes},
-        "imbalance_ratio": round(float(counts.max() / counts.min()), 3),
+        "source": prep.origin, "task": task.name, "text_column": prep.text_column, "target": prep.target,
+        "rows": int(len(frame)), **task.target_profile(frame["label"].to_numpy(dtype=str)),
         "script": script_of(fraction), "cjk_fraction": round(fraction, 4),
         "length_chars": {"min": int(lengths.min()), "mean": round(float(lengths.mean()), 2),
                          "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())},
@@ -220,73 +215,7 @@ def fit_tokenizer(texts: list[str], p: TextParams, level: str) -> Any:
     return tokenizer
 
 
-def _text_keys(texts: pd.Series) -> np.ndarray:
+def text_keys(texts: pd.Series) -> np.ndarray:
     """One 16-byte digest per text, as uint8 rows, for the cross-split duplicate check."""
     digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts)
     return np.frombuffer(digests, dtype=np.uint8).reshape(len(texts), 16)
-
-
-def split_text(params: Params, prof: dict[str, Any], collect_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Text split: stratified on the classes; tokenizer fitted on train; every split encoded."""
-    from pipelines.split import leakage_report, split_indices
-
-    path = collect_dir / "data.parquet"
-    try:
-        df = pd.read_parquet(path, columns=["text", "label"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: cannot read columns text, label: {exc}") from None
-    classes = prof["classes"]
-    y = df["label"].map({c: i for i, c in enumerate(classes)})
-    if y.isna().any():
-        row = int(np.argmax(y.isna().to_numpy()))
-        raise DataError(f"{path}: row {row}, column label: {df['label'].iloc[row]!r} is not one of the "
-                        f"profile classes {classes}")
-    y = y.to_numpy(dtype=np.int64)
-    parts = split_indices(y, params.split, params.split.stratify)
-    keys = _text_keys(df["text"])
-    leakage = leakage_report(keys, parts)
-    if leakage["cross_split_duplicates"]:
-        log.warning("%d texts have an exact duplicate in another split (examples: %s)",
-                    leakage["cross_split_duplicates"], leakage["duplicate_examples"])
-    tp = params.text
-    level = resolve_level(tp.level, prof["script"])
-    texts = df["text"].tolist()
-    tokenizer = fit_tokenizer([texts[i] for i in parts["train"]], tp, level)
-    encoded = {name: encode(tokenizer, [texts[i] for i in rows], tp.max_len) for name, rows in parts.items()}
-    state = {
-        "kind": "text", "tokenizer": "tokenizer.json", "level": level, "level_param": tp.level,
-        "script": prof["script"], "lowercase": tp.lowercase, "min_frequency": tp.min_frequency,
-        "max_vocab": tp.max_vocab, "vocab_size": tokenizer.get_vocab_size(), "max_len": tp.max_len,
-        "pad_id": PAD_ID, "unk_id": UNK_ID, "rows": int(len(parts["train"])),
-        "truncated": {n: int(enc[2].sum()) for n, enc in encoded.items()},
-        "unk_rate": {n: round(float((enc[0] == UNK_ID).sum() / max(int(enc[1].sum()), 1)), 6)
-                     for n, enc in encoded.items()},
-    }
-    summary = _summary(params, prof, parts, y, keys, leakage)
-    with staged_outputs(out_dir) as tmp:
-        tokenizer.save(str(tmp / "tokenizer.json"))
-        for name, rows in parts.items():
-            ids, lengths, _ = encoded[name]
-            save_arrays(tmp / f"{name}.npz", X=ids, y=y[rows], index=rows, lengths=lengths)
-            df.iloc[rows].reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", engine="pyarrow", index=False)
-        write_json(tmp / "preprocess.json", state)
-        write_json(tmp / "split.json", summary)
-    log.info("split sizes %s; %s-level vocabulary of %d tokens from train; truncated at %d tokens: %s; "
-             "unk rate %s", summary["sizes"], level, state["vocab_size"], tp.max_len, state["truncated"],
-             state["unk_rate"])
-    return {"sizes": summary["sizes"], "cross_split_duplicates": leakage["cross_split_duplicates"],
-            "vocab_size": state["vocab_size"]}
-
-
-def _summary(params: Params, prof: dict[str, Any], parts: dict[str, np.ndarray], y: np.ndarray,
-             keys: np.ndarray, leakage: dict[str, Any]) -> dict[str, Any]:
-    stratify = params.split.stratify
-    return {
-        "params": section_dict(params.split), "text_params": section_dict(params.text),
-        "data_params": prof["params"], "stratified": stratify, "stratified_on": "classes" if stratify else None,
-        "sizes": {k: int(len(v)) for k, v in parts.items()}, "data_hash": prof["data_hash"],
-        "hashes": {k: sha256_arrays(keys[v], y[v]) for k, v in parts.items()}, "leakage": leakage,
-        "task": "classification", "kind": "text", "text_column": prof["text_column"], "target": prof["target"],
-        "input_shape": [params.text.max_len], "value_range": None, "classes": prof["classes"],
-        "class_counts": {k: np.bincount(y[v], minlength=len(prof["classes"])).tolist() for k, v in parts.items()},
-    }

@@ -1,4 +1,4 @@
-"""Request/response schemas of the digits service.
+"""Request/response schemas of the image (8x8 digits) service.
 
 Validation is explicit: BentoML's ndarray ``Shape`` validator reshapes instead of checking, and
 pydantic's JSON parser accepts ``NaN``/``Infinity`` literals. ``check_images`` walks the raw JSON
@@ -14,10 +14,14 @@ from typing import Annotated, Any, Optional
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
+from pipelines.modalities.schema import MAX_BODY_BYTES, ModelMetadata, describe as _describe
+
+__all__ = ["HEIGHT", "WIDTH", "VALUE_MIN", "VALUE_MAX", "MAX_IMAGES", "MAX_BODY_BYTES", "Images", "check_images",
+           "Prediction", "PredictResponse", "ModelMetadata"]
+
 HEIGHT, WIDTH = 8, 8
 VALUE_MIN, VALUE_MAX = 0.0, 16.0  # raw pixel range of sklearn's digits (the manifest's value_range)
 MAX_IMAGES = 256  # per request; ~100 KB of JSON, far below the body limit
-MAX_BODY_BYTES = 2 * 1024 * 1024  # 2 MiB: 256 pretty-printed images fit; anything bigger is refused unread
 
 
 _UNSET = object()
@@ -27,14 +31,6 @@ def _fail(where: str, problem: str, value: Any = _UNSET) -> PydanticCustomError:
     shown = "" if value is _UNSET else f", got {_describe(value)}"
     return PydanticCustomError("invalid_images", "{where}: {problem}{shown}",
                                {"where": where, "problem": problem, "shown": shown})
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, dict)):
-        return f"{type(value).__name__} of length {len(value)}"
-    if value is None:
-        return "null"
-    return f"{type(value).__name__} {repr(value)[:40]}"
 
 
 def check_images(images: Any) -> Any:
@@ -91,23 +87,3 @@ class PredictResponse(BaseModel):
     model_alias: Optional[str]
     classes: list[str]
     predictions: list[Prediction]
-
-
-class ModelMetadata(BaseModel):
-    """What /metadata returns: identity, quality and lineage of the served model, from its manifest.
-    The tabular and text services extend it with their own fields."""
-
-    model_name: str
-    version: Optional[str]
-    alias: Optional[str]
-    alias_reason: Optional[str] = None
-    task: Optional[str] = None
-    classes: list[str]
-    metrics: dict[str, Any]
-    lineage: dict[str, Optional[str]]
-    input: dict[str, Any]
-    output: dict[str, Any]
-    bento_tag: Optional[str] = None
-    created_at: Optional[str] = None
-    source: str
-    limits: dict[str, int]

@@ -1,0 +1,1 @@
+"""Images as fixed-shape arrays: ``plugin.py`` (training side), ``serve.py`` (request side)."""

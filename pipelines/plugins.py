@@ -1,0 +1,341 @@
+"""Modalities and tasks: the plug-ins that the seven generic steps ask.
+
+A **modality** is the input side, one kind of data (``image``: fixed-shape arrays such as the 8x8
+digits; ``tabular``; ``text``). It owns reading and validating raw data, the profile, the
+preprocessing fitted on the train split, the model-input arrays, data facts for the architecture,
+the baselines' inputs, the export of its preprocessing with the network (and the parity cases that
+check it), the request schema and the one raw-request -> model-input function the service shares
+with training, and error analysis.
+
+A **task** is the output side, one kind of learning (``classification``, ``regression``). It owns
+the targets (encoding, strata, scaling), the output spec, the losses, the training step's loss and
+metrics, scoring with a decision rule (the same for the network and every baseline), the primary
+metric, plots, the export head and how parity is compared.
+
+Steps never branch on a modality's or a task's name: collect asks ``modality_for(params.data)``;
+every later step reads ``kind`` and ``task`` from the files upstream and asks ``get_modality`` /
+``get_task``. A new kind of data or learning is one module (or package) with a registered class:
+
+    @register_modality
+    class Signals(ArrayModality):
+        name = "signal"
+        ...
+
+Built-in plug-ins are listed in ``MODALITY_MODULES`` / ``TASK_MODULES`` and imported on first
+lookup, so importing this module stays cheap (the service imports it). Lookups fail like the model
+registry does: ``unknown modality 'x' (valid: ...)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from pipelines.params import DataParams, EvaluateParams, OptimParams, Params
+
+MODALITY_MODULES = ("pipelines.modalities.image.plugin", "pipelines.modalities.tabular.plugin",
+                    "pipelines.modalities.text.plugin")
+TASK_MODULES = ("pipelines.tasks.classification", "pipelines.tasks.regression")
+
+SPLITS = ("train", "val", "test")
+ONNX_OPSET = 20  # every exported graph (network, fitted preprocessing): composed graphs must agree
+
+
+class PluginError(ValueError):
+    """Unknown modality or task, or a plug-in that does not fit the data."""
+
+
+# ---------------------------------------------------------------- what plug-ins hand to the steps
+
+
+@dataclass
+class Loaded:
+    """A collected dataset as split needs it.
+
+    ``data`` is the modality's own (arrays, a data frame, texts), one row per target; ``targets``
+    the raw target values in row order (the task encodes them); ``keys`` one row of bytes per data
+    row (a content digest) for the cross-split duplicate check and the split hashes.
+    """
+
+    data: Any
+    targets: Any
+    keys: np.ndarray
+    where: str
+
+
+@dataclass
+class Fitted:
+    """What a modality's ``fit`` returns: its JSON state (preprocess.json), the model-input arrays of
+    every row (encoded with the train-fitted state), per-row extras saved beside them, and facts
+    for split.json (``input_shape`` at least)."""
+
+    state: dict[str, Any]
+    X: np.ndarray
+    summary: dict[str, Any]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class ParityCase:
+    """One comparison of the exported graph with PyTorch: graph inputs (all rows) and the torch
+    output on the same rows; ``tag`` says what the case covers (e.g. a sequence length)."""
+
+    feeds: dict[str, np.ndarray]
+    reference: np.ndarray
+    tag: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Exported:
+    """``model.onnx`` written by a modality: its input contract for the manifest, extra files that
+    ship with it (names in the output dir), the parity cases, export facts, and a signature example
+    (graph inputs as MLflow's ``infer_signature`` takes them)."""
+
+    input_schema: dict[str, Any]
+    cases: list[ParityCase]
+    info: dict[str, Any]
+    example: Any
+    files: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- the protocols
+
+
+class Modality:
+    """Base class of the input side. Subclasses set ``name`` (the ``kind`` written to every
+    artifact) and ``service`` (the BentoML service, ``module:Class``, or None: no service yet), and
+    implement the methods that raise ``NotImplementedError`` here."""
+
+    name: ClassVar[str]
+    service: ClassVar[str | None] = None
+    # params sections this modality reads beyond the generic ones (dvc.yaml lists them on its stages)
+    sections: ClassVar[tuple[str, ...]] = ()
+
+    def claims(self, data: DataParams) -> bool:
+        """True when ``data`` (its source, and e.g. ``data.text``) is this modality's."""
+        raise NotImplementedError
+
+    # collect
+    def collect(self, params: Params, out: Path) -> dict[str, Any]:
+        """Read, validate and write the dataset into ``out``; return the profile, which must hold
+        ``task`` (resolved, never ``auto``), ``rows``, ``data_hash``, ``source`` and the task's
+        ``target_profile``. The step adds ``kind``."""
+        raise NotImplementedError
+
+    # split
+    def load(self, collect_dir: Path, profile: dict[str, Any]) -> Loaded:
+        raise NotImplementedError
+
+    def fit(self, params: Params, loaded: Loaded, parts: dict[str, np.ndarray], profile: dict[str, Any],
+            out: Path) -> Fitted:
+        """Fit preprocessing on ``loaded`` rows ``parts["train"]`` only, write its files into
+        ``out`` (and anything later steps need, e.g. raw test rows), encode every row."""
+        raise NotImplementedError
+
+    # design, train, evaluate
+    def model_inputs(self, X: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """Saved split arrays -> what the network is trained on (default: as saved)."""
+        return X
+
+    def data_args(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Facts about the data the architecture may take (``models.registry.DATA_ARGS``)."""
+        return {}
+
+    def augmenter(self, state: dict[str, Any]) -> Callable[[Any], Any] | None:
+        """A train-time batch transform for ``train.augment: true`` (None: not supported)."""
+        return None
+
+    def baselines(self, task: Task, split_dir: Path, state: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+        """Baseline name -> factory of an unfitted scikit-learn estimator over ``baseline_inputs``."""
+        return {}
+
+    def baseline_inputs(self, split_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """Per split, what the baselines are fitted on / score (default: the flattened model inputs)."""
+        from pipelines.data import load_split
+
+        out = {}
+        for name in SPLITS:
+            X = load_split(split_dir, name)[0]
+            out[name] = X.reshape(len(X), -1)
+        return out
+
+    def error_analysis(self, split_dir: Path, worst: list[dict[str, Any]]) -> dict[str, list[tuple]]:
+        """Plot/table files (name -> CSV rows) about the test rows the model got most wrong (``worst``
+        from the task: ``row``, ``actual``, ``predicted``, ``score``); default: none."""
+        return {}
+
+    # deploy
+    def export(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any], out: Path,
+               output_name: str) -> Exported:
+        """Write ``out/model.onnx``: the network ``head`` behind this modality's preprocessing."""
+        raise NotImplementedError
+
+
+class Task:
+    """Base class of the output side; subclasses set ``name``, ``output_name`` and implement the
+    methods below."""
+
+    name: ClassVar[str]
+    output_name: ClassVar[str]
+    losses: ClassVar[tuple[str, ...]]
+    default_loss: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]  # evaluate.metric choices (all: higher is better)
+    compares_labels: ClassVar[bool] = False  # parity: predicted labels must agree too
+
+    # collect / split
+    def target_profile(self, values: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def encode_targets(self, values: Any, profile: dict[str, Any], where: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def strata(self, y: np.ndarray) -> tuple[np.ndarray, str]:
+        """Labels to stratify the split on, and what they are."""
+        raise NotImplementedError
+
+    def fit_targets(self, y_train: np.ndarray) -> dict[str, Any]:
+        """Target state fitted on train (e.g. a scaler), stored in preprocess.json under ``target``."""
+        return {}
+
+    def split_summary(self, y: np.ndarray, parts: dict[str, np.ndarray], profile: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    # design / configure / train
+    def num_outputs(self, split: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def choose_loss(self, p: OptimParams, y_train: np.ndarray, num_outputs: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def train_targets(self, y: np.ndarray, target_state: dict[str, Any]) -> Any:
+        """Split targets -> the tensor the loss takes."""
+        raise NotImplementedError
+
+    def step(self, out: Any, y: Any, loss_fn: Any) -> tuple[Any, dict[str, Any]]:
+        """Loss and per-batch metrics (name -> tensor, logged as ``<stage>_<name>``)."""
+        raise NotImplementedError
+
+    # evaluate
+    def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+              p: EvaluateParams) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Test metrics of one model under its own decision rule (tuned on val the same way for
+        every model), and that rule (``{"threshold": ...}`` or ``{}``)."""
+        raise NotImplementedError
+
+    def primary_metric(self, requested: str, split: dict[str, Any]) -> tuple[str, str]:
+        """The metric that decides (verdict, gate, champion) and why."""
+        raise NotImplementedError
+
+    def baseline_factories(self, categorical: list[int]) -> dict[str, Callable[[], Any]]:
+        """Name -> unfitted estimator over flat feature arrays (``categorical``: column indices)."""
+        raise NotImplementedError
+
+    def report(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
+               plots: Path) -> tuple[dict[str, Any], dict[str, list[tuple]]]:
+        """A JSON report and CSV plot files (name -> rows); PNGs are written into ``plots``."""
+        raise NotImplementedError
+
+    def worst(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
+              top: int = 25) -> list[dict[str, Any]]:
+        """The test rows the model got most wrong, most confident first."""
+        return []
+
+    # deploy
+    def export_head(self, net: Any, target_state: dict[str, Any]) -> Any:
+        """The network as it should answer once served (e.g. in the target's own units)."""
+        return net
+
+    def parity_scale(self, target_state: dict[str, Any]) -> float:
+        return 1.0
+
+
+# ---------------------------------------------------------------- registries
+
+_MODALITIES: dict[str, type[Modality]] = {}
+_TASKS: dict[str, type[Task]] = {}
+_loaded = False
+
+M = TypeVar("M", bound=type)
+
+
+def _register(registry: dict[str, Any], what: str) -> Callable[[M], M]:
+    def deco(cls: M) -> M:
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{cls.__name__}: a {what} needs a class attribute 'name'")
+        if registry.get(name) not in (None, cls):
+            raise ValueError(f"{what} {name!r} registered twice ({registry[name].__name__}, {cls.__name__})")
+        registry[name] = cls
+        return cls
+
+    return deco
+
+
+register_modality = _register(_MODALITIES, "modality")
+register_task = _register(_TASKS, "task")
+
+
+def unregister(name: str) -> None:
+    """Forget a modality or task (tests that register their own clean up with this)."""
+    _MODALITIES.pop(name, None)
+    _TASKS.pop(name, None)
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if not _loaded:
+        for module in (*MODALITY_MODULES, *TASK_MODULES):
+            importlib.import_module(module)
+        _loaded = True
+
+
+def list_modalities() -> list[str]:
+    _load_builtins()
+    return sorted(_MODALITIES)
+
+
+def list_tasks() -> list[str]:
+    _load_builtins()
+    return sorted(_TASKS)
+
+
+def get_modality(name: str) -> Modality:
+    _load_builtins()
+    try:
+        return _MODALITIES[name]()
+    except KeyError:
+        raise PluginError(f"unknown modality {name!r} (valid: {', '.join(sorted(_MODALITIES))})") from None
+
+
+def get_task(name: str) -> Task:
+    _load_builtins()
+    try:
+        return _TASKS[name]()
+    except KeyError:
+        raise PluginError(f"unknown task {name!r} (valid: {', '.join(sorted(_TASKS))})") from None
+
+
+def modality_for(data: DataParams) -> Modality:
+    """The modality whose ``claims`` accepts ``data``; a ``ParamsError`` naming ``data.source`` if none."""
+    from pipelines.params import ParamsError
+    from pipelines.sources import list_sources, unknown_source_hint
+
+    _load_builtins()
+    for cls in _MODALITIES.values():
+        modality = cls()
+        if modality.claims(data):
+            return modality
+    raise ParamsError(f"data.source: unknown source {data.source!r} (valid: {', '.join(list_sources())})"
+                      + unknown_source_hint(data.source))

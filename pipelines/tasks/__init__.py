@@ -1,0 +1,1 @@
+"""Tasks (the output side of learning): one module each; see ``pipelines/plugins.py``."""

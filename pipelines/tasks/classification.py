@@ -1,0 +1,249 @@
+"""Classification: class labels in, one logit per class out.
+
+Targets are class-label texts (``"0"``, ``"yes"``); ``classes`` are their sorted distinct values and a
+target is its index there. Loss: cross-entropy (class weights, label smoothing). Every model — the
+network and each baseline — is scored with its own decision rule: for a binary task with
+``evaluate.threshold_objective`` set, a threshold on P(classes[1]) tuned on validation for that model;
+otherwise the model's own prediction (argmax for the network, ``predict()`` for an estimator).
+
+The primary metric (``evaluate.metric: auto``) follows the class balance of the train split:
+accuracy when the classes are balanced (largest/smallest count < ``IMBALANCED``), ROC-AUC for an
+imbalanced binary target (threshold-free: a majority-class answer scores 0.5, not the majority share),
+macro F1 for imbalanced multiclass targets (every class weighs alike).
+
+Module-level imports are numpy only: the services import ``decide``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.files import DataError
+from pipelines.plugins import Task, register_task
+
+IMBALANCED = 1.5  # largest / smallest class count on train from which accuracy stops deciding
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Class indices: argmax, or for a binary model with a tuned threshold P(classes[1]) >= threshold."""
+    if threshold is not None and probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(axis=1)
+
+
+def tune_threshold(y_val: np.ndarray, p_val: np.ndarray, objective: str) -> tuple[float, float]:
+    """Binary decision threshold on P(positive) that maximises ``objective`` on validation."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    score = {"f1": f1_score, "balanced_accuracy": balanced_accuracy_score}[objective]
+    grid = np.unique(np.clip(np.concatenate([np.linspace(0.05, 0.95, 19), p_val]), 0.01, 0.99))
+    results = [(float(score(y_val, (p_val >= t).astype(int))), -abs(t - 0.5), float(t)) for t in grid]
+    best = max(results)  # best score; ties -> closest to 0.5
+    return best[2], best[0]
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Label metrics from ``pred``, ranking metrics from ``proba``."""
+    from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, f1_score,
+                                 roc_auc_score)
+
+    out = {"accuracy": accuracy_score(y, pred), "balanced_accuracy": balanced_accuracy_score(y, pred),
+           "macro_f1": f1_score(y, pred, average="macro")}
+    if proba.shape[1] == 2:
+        out["f1"] = f1_score(y, pred)
+        out["roc_auc"] = roc_auc_score(y, proba[:, 1])
+        out["pr_auc"] = average_precision_score(y, proba[:, 1])
+    elif len(np.unique(y)) == proba.shape[1]:
+        out["roc_auc"] = roc_auc_score(y, proba, multi_class="ovr", average="macro")
+    return {k: round(float(v), 6) for k, v in out.items()}
+
+
+def one_hot(model: Any, categorical: list[int]) -> Any:
+    """``model`` behind a one-hot encoding of the ``categorical`` columns (index buckets)."""
+    if not categorical:
+        return model
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    enc = ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), categorical)], remainder="passthrough")
+    return make_pipeline(enc, model)
+
+
+@register_task
+class Classification(Task):
+    name = "classification"
+    output_name = "logits"
+    losses = ("cross_entropy",)
+    default_loss = "cross_entropy"
+    metrics = ("accuracy", "balanced_accuracy", "macro_f1", "f1", "roc_auc", "pr_auc")
+    compares_labels = True
+
+    # ------------------------------------------------------------ collect / split
+
+    def target_profile(self, values: Any) -> dict[str, Any]:
+        """Classes (sorted label texts), counts and imbalance of the label texts ``values``."""
+        labels, counts = np.unique(np.asarray(values, dtype=str), return_counts=True)
+        return {"classes": labels.tolist(), "num_classes": int(len(labels)),
+                "class_balance": {str(c): int(n) for c, n in zip(labels, counts)},
+                "imbalance_ratio": round(float(counts.max() / counts.min()), 3)}
+
+    def encode_targets(self, values: Any, profile: dict[str, Any], where: str) -> np.ndarray:
+        classes = profile["classes"]
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.asarray(values, dtype=str)
+        y = np.fromiter((index.get(v, -1) for v in labels), dtype=np.int64, count=len(labels))
+        if (y < 0).any():
+            row = int(np.argmax(y < 0))
+            raise DataError(f"{where}: row {row}, target: {labels[row]!r} is not one of the profile classes {classes}")
+        return y
+
+    def strata(self, y: np.ndarray) -> tuple[np.ndarray, str]:
+        return y, "classes"
+
+    def split_summary(self, y: np.ndarray, parts: dict[str, np.ndarray], profile: dict[str, Any]) -> dict[str, Any]:
+        k = len(profile["classes"])
+        return {"classes": profile["classes"],
+                "class_counts": {name: np.bincount(y[rows], minlength=k).tolist() for name, rows in parts.items()}}
+
+    # ------------------------------------------------------------ design / configure / train
+
+    def num_outputs(self, split: dict[str, Any]) -> int:
+        return len(split["classes"])
+
+    def choose_loss(self, p: Any, y_train: np.ndarray, num_outputs: int) -> dict[str, Any]:
+        from pipelines.params import ParamsError
+
+        loss: dict[str, Any] = {"name": "cross_entropy", "class_weights": None, "label_smoothing": p.label_smoothing}
+        loss["why"] = ("set in params (optim.loss)" if p.loss != "auto"
+                       else "auto: cross_entropy is the maximum-likelihood loss for classification")
+        if p.class_weights == "balanced":
+            counts = np.bincount(y_train, minlength=num_outputs).astype(np.float64)
+            if (counts == 0).any():
+                raise ParamsError(f"optim.class_weights: class(es) {np.flatnonzero(counts == 0).tolist()} "
+                                  "are absent from the train split")
+            weights = len(y_train) / (num_outputs * counts)  # sklearn's 'balanced' formula
+            loss["class_weights"] = [round(float(w), 6) for w in weights]
+            loss["class_weights_why"] = "balanced: n_samples / (n_classes * count) on the train split"
+        return loss
+
+    def train_targets(self, y: np.ndarray, target_state: dict[str, Any]) -> Any:
+        import torch
+
+        return torch.as_tensor(y, dtype=torch.long)
+
+    def step(self, out: Any, y: Any, loss_fn: Any) -> tuple[Any, dict[str, Any]]:
+        return loss_fn(out, y), {"acc": (out.argmax(1) == y).float().mean()}
+
+    # ------------------------------------------------------------ evaluate
+
+    def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:
+        proba = softmax(raw.astype(np.float64))
+        return {"proba": proba, "pred": proba.argmax(1)}
+
+    def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
+        # predict() is the estimator's own rule (an SVC's Platt probabilities can disagree with it)
+        return {"proba": estimator.predict_proba(X), "pred": np.asarray(estimator.predict(X), dtype=np.int64)}
+
+    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+              p: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        rule: dict[str, Any] = {}
+        pred = test["pred"]
+        if test["proba"].shape[1] == 2 and p.threshold_objective != "none":
+            threshold, val_score = tune_threshold(y_val, val["proba"][:, 1], p.threshold_objective)
+            rule = {"value": threshold, "objective": p.threshold_objective, "val_score": round(val_score, 6),
+                    "tuned_on": "val"}
+            pred = decide(test["proba"], threshold)
+        return classification_metrics(y_test, test["proba"], pred), rule
+
+    def primary_metric(self, requested: str, split: dict[str, Any]) -> tuple[str, str]:
+        if requested != "auto":
+            return requested, "set in params (evaluate.metric)"
+        counts = np.asarray(split["class_counts"]["train"], dtype=np.float64)
+        ratio = counts.max() / max(counts.min(), 1.0)
+        balance = f"largest/smallest class {ratio:.2f} on the train split"
+        if ratio < IMBALANCED:
+            return "accuracy", f"auto: classes balanced ({balance} < {IMBALANCED})"
+        if len(counts) == 2:
+            return "roc_auc", (f"auto: imbalanced binary target ({balance} >= {IMBALANCED}): ROC-AUC does not "
+                               "reward answering the majority class")
+        return "macro_f1", f"auto: imbalanced classes ({balance} >= {IMBALANCED}): macro F1 weighs every class alike"
+
+    def baseline_factories(self, categorical: list[int]) -> dict[str, Callable[[], Any]]:
+        """scikit-learn defaults; linear/kernel/neighbour models see categories one-hot, boosting natively."""
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.neighbors import KNeighborsClassifier
+        from sklearn.svm import SVC
+
+        return {
+            "logreg": lambda: one_hot(LogisticRegression(max_iter=5000), categorical),
+            "svc": lambda: one_hot(SVC(probability=True, random_state=0), categorical),
+            "knn": lambda: one_hot(KNeighborsClassifier(), categorical),
+            "gboost": lambda: HistGradientBoostingClassifier(random_state=0, categorical_features=categorical or None),
+        }
+
+    def report(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
+               plots: Path) -> tuple[dict[str, Any], dict[str, list[tuple]]]:
+        from sklearn.metrics import classification_report, precision_recall_curve, roc_curve
+        from sklearn.preprocessing import label_binarize
+
+        classes, proba = split["classes"], test["proba"]
+        pred = decide(proba, rule.get("value"))
+        report = classification_report(y, pred, labels=range(len(classes)), target_names=classes,
+                                       output_dict=True, zero_division=0)
+        if proba.shape[1] == 2:  # the positive class; micro-average over classes otherwise
+            truth, score = y, proba[:, 1]
+        else:
+            truth, score = label_binarize(y, classes=range(len(classes))).ravel(), proba.ravel()
+        fpr, tpr, _ = roc_curve(truth, score)
+        precision, recall, _ = precision_recall_curve(truth, score)
+        files = {"confusion.csv": [("actual", "predicted"), *((classes[a], classes[b]) for a, b in zip(y, pred))],
+                 "roc.csv": [("fpr", "tpr"), *zip(fpr.round(6), tpr.round(6))],
+                 "pr.csv": [("recall", "precision"), *zip(recall.round(6), precision.round(6))]}
+        _png(y, pred, classes, fpr, tpr, recall, precision, plots / "classification.png")
+        return report, files
+
+    def worst(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
+              top: int = 25) -> list[dict[str, Any]]:
+        proba, classes = test["proba"], split["classes"]
+        pred = decide(proba, rule.get("value"))
+        wrong = np.flatnonzero(pred != y)
+        wrong = wrong[np.argsort(-proba[wrong, pred[wrong]], kind="stable")][:top]
+        return [{"row": int(i), "actual": classes[y[i]], "predicted": classes[pred[i]],
+                 "score": round(float(proba[i, pred[i]]), 4)} for i in wrong]
+
+
+def _png(y: np.ndarray, pred: np.ndarray, classes: list[str], fpr: np.ndarray, tpr: np.ndarray,
+         recall: np.ndarray, precision: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    cm = np.zeros((k, k), int)
+    np.add.at(cm, (y, pred), 1)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    axes[0].imshow(cm, cmap="Blues")
+    axes[0].set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
+                xlabel="predicted", ylabel="actual", title="test confusion matrix")
+    for (i, j), v in np.ndenumerate(cm):
+        axes[0].text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black", fontsize=8)
+    axes[1].plot(fpr, tpr)
+    axes[1].set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    axes[2].plot(recall, precision)
+    axes[2].set(xlabel="recall", ylabel="precision", title="precision-recall")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
