@@ -157,11 +157,11 @@ class Modality:
 
     def baseline_inputs(self, split_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
         """Per split, what the baselines are fitted on / score (default: the flattened model inputs)."""
-        from pipelines.data import load_split
+        from pipelines.files import load_arrays
 
         out = {}
         for name in SPLITS:
-            X = load_split(split_dir, name)[0]
+            X = self.model_inputs(load_arrays(Path(split_dir) / f"{name}.npz", "X")["X"], state)
             out[name] = X.reshape(len(X), -1)
         return out
 
