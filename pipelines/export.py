@@ -21,10 +21,9 @@ class Deployable(nn.Module):
     def __init__(self, net: nn.Module, preprocess: dict[str, Any], input_shape: list[int]) -> None:
         super().__init__()
         self.net = net
-        mean = np.asarray(preprocess["mean"], np.float32)
-        std = np.asarray(preprocess["std"], np.float32)
-        if preprocess["kind"] == "standardize_columns":  # per-column stats of flattened features
-            mean, std = mean.reshape(input_shape), std.reshape(input_shape)
+        # scalars (one mean/std over all values) or per-position arrays shaped like one input
+        mean = np.asarray(preprocess["mean"], np.float32).reshape(input_shape if np.size(preprocess["mean"]) > 1 else ())
+        std = np.asarray(preprocess["std"], np.float32).reshape(input_shape if np.size(preprocess["std"]) > 1 else ())
         self.register_buffer("mean", torch.as_tensor(mean))
         self.register_buffer("std", torch.as_tensor(std))
 

@@ -35,6 +35,12 @@ class DataParams:
     ``text`` names a text column: the source is then a text-classification corpus (``csv:``,
     ``jsonl:`` or ``parquet:``) whose labels are in ``target``; rows with an empty text or a missing
     label are dropped and reported (``empty_texts: drop``) or stop collect (``empty_texts: error``).
+
+    ``columns`` forces a table column's type, ``{name: numeric | categorical}``, over the inference
+    rules of ``pipelines/modalities/tabular/infer.py``: ``categorical`` for an integer-coded category
+    (a store id, a count of cards) or any column; ``numeric`` for a whole-number count that would be
+    taken for a code. A forced column is never dropped as an ID or a constant; a forced-numeric
+    column with a value that is not a number stops collect. Not used with ``text``.
     """
 
     source: str = "sklearn:digits"
@@ -43,6 +49,7 @@ class DataParams:
     drop: tuple[str, ...] = ()
     text: str = ""
     empty_texts: Literal["drop", "error"] = "drop"
+    columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.source.strip():
@@ -64,6 +71,17 @@ class DataParams:
                 raise ParamsError(f"data.drop[{i}]: column {name!r} listed twice")
             if name == self.target:
                 raise ParamsError(f"data.drop[{i}]: {name!r} is the target column (data.target)")
+        if self.columns and self.text:
+            raise ParamsError("data.columns: not used with data.text (only the text and label columns are read)")
+        for name, kind in self.columns.items():
+            if not name.strip():
+                raise ParamsError(f"data.columns.{name}: empty column name")
+            if kind not in ("numeric", "categorical"):
+                raise ParamsError(f"data.columns.{name}: expected 'numeric' or 'categorical', got {kind!r}")
+            if name == self.target:
+                raise ParamsError(f"data.columns.{name}: {name!r} is the target column (data.target)")
+            if name in self.drop:
+                raise ParamsError(f"data.columns.{name}: {name!r} is also listed in data.drop")
 
 
 @dataclass(frozen=True)

@@ -69,16 +69,19 @@ class TextTable:
 SourceFn = Callable[[DataParams], Union[Dataset, Table, TextTable]]
 _SOURCES: dict[str, SourceFn] = {}
 _PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {}  # "csv:" -> ("csv:<path>", accepted suffixes)
+_MODALITY: dict[str, str] = {}  # source name -> the modality that reads it (pipelines/plugins.py)
 
 
-def register_source(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[SourceFn], SourceFn]:
+def register_source(name: str, suffixes: tuple[str, ...] = (), modality: str = "") -> Callable[[SourceFn], SourceFn]:
     """Register under ``name``; ``"kind:<arg>"`` registers a prefix whose argument must end in one
-    of ``suffixes`` (when given), so ``csv:nope`` is an unknown source, not a missing file."""
+    of ``suffixes`` (when given), so ``csv:nope`` is an unknown source, not a missing file.
+    ``modality`` names the modality whose ``claims`` accepts the source (see ``source_modality``)."""
 
     def deco(fn: SourceFn) -> SourceFn:
         if name in _SOURCES:
             raise ValueError(f"data source {name!r} registered twice")
         _SOURCES[name] = fn
+        _MODALITY[name] = modality
         if name.endswith(">") and "<" in name:
             _PREFIXES[name[: name.index("<")]] = (name, tuple(x.lower() for x in suffixes))
         return fn
@@ -107,6 +110,12 @@ def source_name(source: str) -> str | None:
     return None
 
 
+def source_modality(source: str) -> str | None:
+    """The modality registered for the source serving ``source`` (None: unknown source)."""
+    name = source_name(source)
+    return None if name is None else _MODALITY.get(name, "")
+
+
 def unknown_source_hint(source: str) -> str:
     """For an unknown ``source`` that starts like a file source: the suffixes it needs."""
     return "".join(f"; {name} needs a path ending in {' or '.join(suffixes)}"
@@ -121,7 +130,7 @@ def load_source(params: DataParams) -> Dataset | Table | TextTable:
     return _SOURCES[name](params)
 
 
-@register_source("sklearn:digits")
+@register_source("sklearn:digits", modality="image")
 def sklearn_digits(params: DataParams) -> Dataset:
     """scikit-learn's bundled UCI handwritten digits: 1,797 8x8 images, pixel values 0..16."""
     from sklearn.datasets import load_digits
@@ -152,7 +161,7 @@ def _bundled_table(params: DataParams, frame: pd.DataFrame, name: str, task: str
     return Table(frame=frame, target=target, origin=name, task=known)
 
 
-@register_source("sklearn:breast_cancer")
+@register_source("sklearn:breast_cancer", modality="tabular")
 def sklearn_breast_cancer(params: DataParams) -> Table:
     """scikit-learn's Wisconsin breast cancer table: 569 rows, 30 numeric features, binary target."""
     import pandas as pd
@@ -164,7 +173,7 @@ def sklearn_breast_cancer(params: DataParams) -> Table:
     return _bundled_table(params, frame, "sklearn:breast_cancer", "classification")
 
 
-@register_source("sklearn:diabetes")
+@register_source("sklearn:diabetes", modality="tabular")
 def sklearn_diabetes(params: DataParams) -> Table:
     """scikit-learn's diabetes table: 442 rows, 10 (already scaled) features, disease progression."""
     from sklearn.datasets import load_diabetes
@@ -196,7 +205,7 @@ def _file_result(frame: pd.DataFrame, params: DataParams, path: Path,
     return Table(frame=frame, target=params.target, origin=str(path))
 
 
-@register_source("csv:<path>", suffixes=(".csv", ".csv.gz"))
+@register_source("csv:<path>", suffixes=(".csv", ".csv.gz"), modality="tabular")
 def csv_file(params: DataParams) -> Table | TextTable:
     """A CSV file with a header row; empty cells and the usual NA spellings are missing.
 
@@ -216,7 +225,7 @@ def csv_file(params: DataParams) -> Table | TextTable:
     return _file_result(frame, params, path)
 
 
-@register_source("jsonl:<path>", suffixes=(".jsonl", ".jsonl.gz", ".ndjson"))
+@register_source("jsonl:<path>", suffixes=(".jsonl", ".jsonl.gz", ".ndjson"), modality="tabular")
 def jsonl_file(params: DataParams) -> Table | TextTable:
     """JSON Lines: one JSON object per line (blank lines skipped); keys are columns, a key absent
     from a line is a missing value there. Errors name the file line."""
@@ -249,7 +258,7 @@ def jsonl_file(params: DataParams) -> Table | TextTable:
     return _file_result(frame, params, path, tuple(lines))
 
 
-@register_source("parquet:<path>", suffixes=(".parquet", ".pq"))
+@register_source("parquet:<path>", suffixes=(".parquet", ".pq"), modality="tabular")
 def parquet_file(params: DataParams) -> Table | TextTable:
     """A Parquet file (read with pyarrow)."""
     import pandas as pd

@@ -6,7 +6,7 @@ import pytest
 from pipelines import collect
 from pipelines.files import DataError, load_arrays
 from pipelines.params import ParamsError
-from pipelines.sources import Dataset, _SOURCES, register_source
+from pipelines.sources import _MODALITY, _SOURCES, Dataset, register_source
 from tests.conftest import make_params
 
 
@@ -34,13 +34,14 @@ def bad_source():
     """Registers a real source under test:bad whose data each test corrupts."""
     holder = {}
 
-    @register_source("test:bad")
+    @register_source("test:bad", modality="image")
     def _src(params):
         X, y = holder["data"]
         return Dataset(X=X, y=y, kind="image", origin="test:bad", value_range=(0.0, 16.0))
 
     yield holder
     del _SOURCES["test:bad"]
+    _MODALITY.pop("test:bad", None)
 
 
 def _corrupt(kind):

@@ -6,26 +6,27 @@ import pytest
 from pipelines import configure, design
 from pipelines.configure import choose_loss
 from pipelines.params import ParamsError, parse_params
+from pipelines.plugins import get_task
 from tests.conftest import make_params
 
 
 def test_loss_is_task_aware():
     p = parse_params({}).optim
-    assert choose_loss(p, "classification", np.array([0, 1]), 2)["name"] == "cross_entropy"
-    assert choose_loss(p, "regression", np.array([0.5]), 1)["name"] == "mse"
+    assert choose_loss(p, get_task("classification"), np.array([0, 1]), 2)["name"] == "cross_entropy"
+    assert choose_loss(p, get_task("regression"), np.array([0.5]), 1)["name"] == "mse"
     huber = parse_params({"optim": {"loss": "huber"}}).optim
-    assert choose_loss(huber, "regression", np.array([0.5]), 1)["name"] == "huber"
-    with pytest.raises(ParamsError, match=r"optim\.loss: 'mse' does not fit a classification task"):
-        choose_loss(parse_params({"optim": {"loss": "mse"}}).optim, "classification", np.array([0, 1]), 2)
+    assert choose_loss(huber, get_task("regression"), np.array([0.5]), 1)["name"] == "huber"
+    with pytest.raises(ParamsError, match=r"optim\.loss: 'mse' does not fit a classification task \(valid: auto, cross_entropy\)"):
+        choose_loss(parse_params({"optim": {"loss": "mse"}}).optim, get_task("classification"), np.array([0, 1]), 2)
 
 
 def test_balanced_class_weights_from_train_split():
     p = parse_params({"optim": {"class_weights": "balanced"}}).optim
     y = np.array([0] * 90 + [1] * 10)
-    loss = choose_loss(p, "classification", y, 2)
+    loss = choose_loss(p, get_task("classification"), y, 2)
     assert loss["class_weights"] == pytest.approx([100 / (2 * 90), 100 / (2 * 10)], rel=1e-5)
     with pytest.raises(ParamsError, match=r"absent from the train split"):
-        choose_loss(p, "classification", np.array([0, 0, 2]), 3)
+        choose_loss(p, get_task("classification"), np.array([0, 0, 2]), 3)
 
 
 def test_recipe_records_choices(tmp_path, digits_split):

@@ -32,13 +32,23 @@ def registry(workdir, monkeypatch):
     return MlflowClient(uri)
 
 
-def test_choose_alias():
-    assert choose_alias(True, 0.9, None, "accuracy")[0] == CHAMPION
-    assert choose_alias(True, 0.9, 0.9, "accuracy")[0] == CHAMPION
-    alias, why = choose_alias(True, 0.8, 0.9, "accuracy")
-    assert alias == CHALLENGER and "0.8000 < current champion's 0.9000" in why
-    alias, why = choose_alias(False, 0.99, None, "accuracy")
+def _gate(value, passed=True, metric="accuracy"):
+    return {"passed": passed, "metric": metric, "value": value, "reason": f"test {metric} {value}"}
+
+
+def test_choose_alias_compares_the_same_metric_and_says_when_data_differ():
+    champ = {"version": "3", "value": 0.9, "data_hash": "abc", "metric": "accuracy"}
+    assert choose_alias(_gate(0.9), None, "abc")[0] == CHAMPION
+    assert choose_alias(_gate(0.9), champ, "abc")[0] == CHAMPION
+    alias, why = choose_alias(_gate(0.8), champ, "abc")
+    assert alias == CHALLENGER and "0.8000 < champion v3's 0.9000" in why and "other data" not in why
+    alias, why = choose_alias(_gate(0.99, passed=False), None, "abc")
     assert alias == CHALLENGER and "gate failed" in why
+    alias, why = choose_alias(_gate(0.95), champ, "def")
+    assert alias == CHAMPION and "evaluated on other data (data_hash abc vs def)" in why
+    # the champion was judged on another metric and has no value of this one: not comparable
+    alias, why = choose_alias(_gate(0.7, metric="roc_auc"), {**champ, "value": None}, "abc")
+    assert alias == CHAMPION and "has no test roc_auc to compare (it was judged on accuracy)" in why
 
 
 def _deploy(workdir, digits_split, name, out="deploy", **overrides):
@@ -84,12 +94,18 @@ def test_worse_model_becomes_challenger_better_takes_over(workdir, digits_split,
     assert str(registry.get_model_version_by_alias("digits-b", CHAMPION).version) == "1"
     assert str(registry.get_model_version_by_alias("digits-b", CHALLENGER).version) == "2"
     reason = json.loads((workdir / "deploy" / "manifest.json").read_text())["alias_reason"]
-    assert "0.9000 < current champion's 0.9500" in reason
+    assert "0.9000 < champion v1's 0.9500" in reason
+    mv = registry.get_model_version("digits-b", "2")
+    assert mv.tags["primary_metric"] == "accuracy" and mv.tags["data_hash"] == manifest_hash(workdir)
     _set_eval(workdir, 0.97, False)
     assert _deploy(workdir, digits_split, "digits-b")["alias"] == CHALLENGER  # gate failed: never champion
     _set_eval(workdir, 0.97, True)
     assert _deploy(workdir, digits_split, "digits-b")["alias"] == CHAMPION
     assert str(registry.get_model_version_by_alias("digits-b", CHAMPION).version) == "4"
+
+
+def manifest_hash(workdir):
+    return json.loads((workdir / "deploy" / "manifest.json").read_text())["data_hash"]
 
 
 def test_parity_failure_fails_the_stage_without_outputs(workdir, digits_split, registry):

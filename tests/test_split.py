@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines import split
-from pipelines.data import apply_preprocess, load_split
+from pipelines.data import load_split
 from pipelines.files import DataError, load_arrays, save_arrays, write_json
 from tests.conftest import make_params
 
@@ -74,8 +74,3 @@ def test_missing_input_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"collect/profile\.json: missing"):
         split.run(make_params(), tmp_path / "collect", tmp_path / "split")
 
-
-def test_apply_preprocess_columns():
-    state = {"kind": "standardize_columns", "mean": [1.0, 2.0], "std": [2.0, 1.0]}
-    out = apply_preprocess(np.array([[3.0, 2.0]]), state)
-    assert out.tolist() == [[1.0, 0.0]] and out.dtype == np.float32

@@ -20,11 +20,10 @@ import numpy as np
 from pipelines.files import load_arrays, save_arrays, sha256_arrays
 from pipelines.params import DataParams, Params, section_dict
 from pipelines.plugins import Exported, Fitted, Loaded, Modality, ParityCase, Task, get_task, register_modality
-from pipelines.sources import load_source, source_name, validate_dataset
+from pipelines.sources import load_source, source_modality, validate_dataset
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sklearn:digits",)
 
 
 def random_shift(x: Any, max_shift: int = 1) -> Any:
@@ -52,7 +51,7 @@ class Images(Modality):
     service = "serving.service:DigitsClassifier"
 
     def claims(self, data: DataParams) -> bool:
-        return not data.text and source_name(data.source) in SOURCES
+        return not data.text and source_modality(data.source) == self.name
 
     def collect(self, params: Params, out: Path) -> dict[str, Any]:
         ds = load_source(params.data)

@@ -23,11 +23,10 @@ import numpy as np
 from pipelines.files import DataError
 from pipelines.params import DataParams, Params
 from pipelines.plugins import Exported, Fitted, Loaded, Modality, ParityCase, Task, get_task, register_modality
-from pipelines.sources import load_source, source_name
+from pipelines.sources import load_source, source_modality
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("sklearn:breast_cancer", "sklearn:diabetes", "csv:<path>", "parquet:<path>", "jsonl:<path>")
 
 
 @register_modality
@@ -36,7 +35,7 @@ class Tables(Modality):
     service = "serving.tabular:TabularPredictor"
 
     def claims(self, data: DataParams) -> bool:
-        return not data.text and source_name(data.source) in SOURCES
+        return not data.text and source_modality(data.source) == self.name
 
     def collect(self, params: Params, out: Path) -> dict[str, Any]:
         from pipelines.modalities.tabular.infer import prepare_table, table_profile
