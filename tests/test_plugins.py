@@ -42,12 +42,12 @@ CONV_ARCH = "signal_conv1d"
 
 
 def make_signals(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` float32 signals ``[n, LENGTH]`` (random frequency, phase, amplitude, offset, noise) and
-    their shape names; classes are balanced and the seed fixes everything."""
+    """``n`` float32 signals ``[n, LENGTH]`` (about two cycles, jittered frequency and phase, random
+    amplitude and offset, noise) and their shape names; classes are balanced, the seed fixes all."""
     rng = np.random.default_rng(seed)
     t = np.arange(LENGTH) / LENGTH
     labels = np.asarray(SHAPES)[np.arange(n) % len(SHAPES)]
-    cycles = rng.uniform(1.5, 3.0, (n, 1)) * t + rng.uniform(0, 1, (n, 1))  # phase in cycles
+    cycles = rng.uniform(1.8, 2.2, (n, 1)) * t + rng.uniform(0, 0.1, (n, 1))  # phase in cycles
     waves = {"sine": np.sin(2 * np.pi * cycles), "square": np.sign(np.sin(2 * np.pi * cycles)),
              "sawtooth": 2 * (cycles % 1.0) - 1}
     clean = np.select([labels[:, None] == s for s in SHAPES], [waves[s] for s in SHAPES])

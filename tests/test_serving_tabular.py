@@ -192,6 +192,36 @@ def test_null_and_unseen_category_are_counted_not_errors(http: httpx.Client, mod
     assert counter(after, "age", "missing") - counter(before, "age", "missing") == 2  # both requests
 
 
+def test_raw_values_are_normalised_like_collect(http: httpx.Client, model_dir: Path) -> None:
+    """Records as a raw file has them (stray whitespace, numeric strings, NA spellings, numbers for
+    categories) get the predictions of their clean form, with no unknown categories."""
+    clean = records(6, seed=11)
+    messy = []
+    for i, rec in enumerate(clean):
+        rec = dict(rec)
+        for name in ("gender", "region", "contract"):
+            if rec[name] is not None:
+                rec[name] = (" " + rec[name], rec[name] + " ", f"  {rec[name]}\t")[i % 3]
+            elif i % 2:
+                rec[name] = "  "  # whitespace-only: missing
+        if rec["age"] is not None:
+            rec["age"] = f" {rec['age']} " if i % 2 else int(rec["age"])
+        if rec["monthly_spend"] is None:
+            rec["monthly_spend"] = "NA" if i % 2 else ""
+        messy.append(rec)
+    resp = http.post("/predict", json={"records": messy})
+    assert resp.status_code == 200, resp.text
+    result = resp.json()
+    check_classification(result, model_dir, clean)
+    assert result["notes"]["unknown_categories"] == {}
+    missing = {c["name"]: n for c in PROFILE["columns"] if (n := sum(r[c["name"]] is None for r in clean))}
+    assert result["notes"]["missing_values"] == missing
+    # numbers and booleans sent to a categorical column are categories ("1", "true"): unseen here, not a 400
+    resp = http.post("/predict", json={"records": [{**GOOD, "gender": 1, "region": True, "contract": 2.0}]})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["notes"]["unknown_categories"] == {"gender": 1, "region": 1, "contract": 1}
+
+
 def test_metadata_lists_columns_and_categories(http: httpx.Client, model_dir: Path) -> None:
     manifest = json.loads((model_dir / MANIFEST).read_text())
     meta = http.get("/metadata").json()
@@ -230,9 +260,12 @@ BAD_INPUTS = {
     "missing field": ({"records": [GOOD, {k: v for k, v in GOOD.items() if k != "region"}]},
                       "records[1].region: field required"),
     "unknown field": ({"records": [{**GOOD, "shoe_size": 44}]}, "records[0].shoe_size: unknown field"),
-    "string number": ({"records": [{**GOOD, "age": "42"}]}, "records[0].age: expected a number or null, got str"),
+    "non-numeric string": ({"records": [{**GOOD, "age": "forty-two"}]},
+                           "records[0].age: expected a number, a numeric string or null, got str"),
     "boolean number": ({"records": [{**GOOD, "monthly_spend": True}]}, "records[0].monthly_spend: expected a number"),
-    "number category": ({"records": [{**GOOD, "gender": 1}]}, "records[0].gender: expected a string"),
+    "object category": ({"records": [{**GOOD, "gender": {"code": 1}}]}, "records[0].gender: expected a string"),
+    "NaN category": (raw(json.dumps({"records": [{**GOOD, "gender": 0.25}]}).replace("0.25", "NaN")),
+                     "records[0].gender: expected a finite number"),
     "list category": ({"records": [{**GOOD, "contract": ["monthly"]}]}, "records[0].contract: expected a string"),
     "NaN literal": (raw(json.dumps({"records": [{**GOOD, "age": 0.25}]}).replace("0.25", "NaN")),
                     "records[0].age: expected a finite number"),
@@ -315,6 +348,9 @@ def test_generated_schema_and_decision_rule_in_process(model_dir: Path) -> None:
     rows = to_rows(adapter.validate_python([{**GOOD, "age": 7, "region": None}, {**GOOD, "gender": "X"}]), columns)
     assert rows[0] == [7.0, 55.5, "F", None, "monthly"] and type(rows[0][0]) is float
     assert tally(rows, columns) == ({"region": 1}, {"gender": 1})
+    raw_rows = to_rows(adapter.validate_python([{"age": " 7 ", "monthly_spend": "55.5", "gender": " F",
+                                                 "region": " ", "contract": "monthly  "}]), columns)
+    assert raw_rows == rows[:1]
     with pytest.raises(ValidationError, match=r"records\[1\]\.contract: field required"):
         adapter.validate_python([GOOD, {k: v for k, v in GOOD.items() if k != "contract"}])
     probs = np.array([[0.6, 0.4], [0.8, 0.2], [0.3, 0.7]])

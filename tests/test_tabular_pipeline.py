@@ -11,7 +11,8 @@ import onnx
 import pandas as pd
 import pytest
 
-from pipelines import evaluate, tabular_prep
+from pipelines import evaluate
+from pipelines.modalities.tabular import prep as tabular_prep
 from pipelines.data import load_split
 from pipelines.evaluate import load_network, predict_outputs
 from serving.runtime import make_session, softmax
@@ -55,7 +56,7 @@ def churn_run(tmp_path_factory):
         model={"name": "tab_mlp", "kwargs": {"hidden": [32, 16]}},
         optim={"class_weights": "balanced", "label_smoothing": 0.0},
         train={"epochs": 15, "batch_size": 64, "patience": 5},
-        evaluate={"min_accuracy": 0.5, "baselines": ["logreg", "gboost"], "threshold_objective": "f1"},
+        evaluate={"min_score": 0.5, "baselines": ["logreg", "gboost"], "threshold_objective": "f1"},
         deploy={"model_name": "churn-test", "build_bento": False},
     )
     with pytest.MonkeyPatch.context() as mp:
@@ -135,7 +136,7 @@ def test_diabetes_regression_through_deploy(tmp_path, monkeypatch):
         data={"source": "sklearn:diabetes", "task": "auto", "target": "target"},
         model={"name": "tab_mlp", "kwargs": {}}, optim={"loss": "huber", "label_smoothing": 0.0},
         train={"epochs": 20, "batch_size": 32, "patience": 20},
-        evaluate={"min_r2": 0.0, "baselines": ["linear"]},
+        evaluate={"min_score": 0.0, "baselines": ["linear"]},
         deploy={"model_name": "diabetes-test", "build_bento": False},
     )
     result = run_pipeline(params, tmp_path)
@@ -149,7 +150,7 @@ def test_diabetes_regression_through_deploy(tmp_path, monkeypatch):
     raw = pd.read_parquet(tmp_path / "split" / "test.parquet")
     state = json.loads((tmp_path / "split" / "preprocess.json").read_text())
     served = make_session(tmp_path / "deploy" / "model.onnx").run(None, tabular_prep.onnx_feeds(raw, state))[0][:, 0]
-    scaler = state["target_scaler"]
+    scaler = state["target"]["scaler"]
     expected = pipeline_predictions(tmp_path)[:, 0] * scaler["std"] + scaler["mean"]
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-3)
     assert result["deploy"]["alias"] in ("champion", "challenger")

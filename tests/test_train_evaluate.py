@@ -56,7 +56,12 @@ def test_evaluate_metrics_baselines_plots_gate(trained, digits_split, mlflow_uri
     assert set(metrics["baselines"]) == {"logreg"} and metrics["baselines"]["logreg"]["accuracy"] > 0.9
     assert metrics["best_baseline"] == "logreg"
     gate = json.loads((tmp / "evaluate" / "gate.json").read_text())
-    assert gate["passed"] == result["gate"] == (metrics["accuracy"] >= 0.5) and "min_accuracy" in gate["reason"]
+    assert gate["passed"] == result["gate"] == (metrics["accuracy"] >= 0.5) and "min_score" in gate["reason"]
+    # balanced digits: accuracy decides, and metrics.json says so and why
+    assert metrics["primary_metric"]["name"] == gate["metric"] == "accuracy"
+    assert "balanced" in metrics["primary_metric"]["why"] and "logreg" in metrics["verdict"]
+    assert metrics["dl_minus_best_baseline_accuracy"] == pytest.approx(
+        metrics["accuracy"] - metrics["baselines"]["logreg"]["accuracy"], abs=1e-6)
     rows = (tmp / "evaluate" / "plots" / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 360
     report = json.loads((tmp / "evaluate" / "report.json").read_text())
@@ -74,7 +79,7 @@ def test_evaluate_metrics_baselines_plots_gate(trained, digits_split, mlflow_uri
 
 def test_gate_fails_below_threshold(trained, digits_split):
     _, tmp, _ = trained
-    strict = make_params(evaluate={"min_accuracy": 1.0, "baselines": []})
+    strict = make_params(evaluate={"min_score": 1.0, "baselines": []})
     evaluate.run(strict, digits_split, tmp / "train", tmp / "evaluate")
     gate = json.loads((tmp / "evaluate" / "gate.json").read_text())
     metrics = json.loads((tmp / "evaluate" / "metrics.json").read_text())
@@ -85,7 +90,7 @@ def test_gate_fails_below_threshold(trained, digits_split):
 def test_evaluate_params_are_tags_so_reruns_on_the_same_run_work(trained, digits_split, mlflow_uri):
     _, tmp, summary = trained
     for threshold in (0.5, 0.9):  # only the evaluate section changed: same training run twice
-        evaluate.run(make_params(evaluate={"min_accuracy": threshold}), digits_split, tmp / "train", tmp / "evaluate")
+        evaluate.run(make_params(evaluate={"min_score": threshold}), digits_split, tmp / "train", tmp / "evaluate")
     run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
-    assert run.data.tags["evaluate.min_accuracy"] == "0.9"
+    assert run.data.tags["evaluate.min_score"] == "0.9"
     assert run.data.params["data.source"] == "sklearn:digits"

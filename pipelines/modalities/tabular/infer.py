@@ -3,14 +3,24 @@
 Written with pandas 3 in mind: text columns arrive as the ``str`` dtype (a ``StringDtype``), not
 ``object``, so every test goes through ``pandas.api.types`` helpers, never ``dtype == object``.
 
+Values: every category text and every number parsed from text goes through
+``pipelines.modalities.tabular.serve.normalize``, the function the service applies to a request's
+raw values, so training and serving cannot drift: text is stripped, ``""`` and the CSV NA spellings
+are missing, booleans are ``"true"``/``"false"``, whole numbers are ``"2"`` (whether the cell was
+``2``, ``2.0``, ``"2"`` or ``" 2 "``). Numeric dtypes are converted to ``float64`` directly.
+
 Column rules (each feature column gets exactly one outcome; thresholds are the constants below):
 
+* **forced** (``data.columns``): ``categorical`` -> every value normalised to its category text;
+  ``numeric`` -> numbers (a value that is not a number, or a boolean column: ``DataError`` naming
+  the row). A forced column skips the rules below except **empty**: never dropped as an ID or a
+  constant, never re-typed as a code. A name not in the table is a ``DataError``.
 * **empty** - every value missing: ``DataError`` (name it in ``data.drop`` to leave it out).
 * **boolean** (bool dtype, or True/False objects) -> categorical ``"true"``/``"false"``.
-* **text** is stripped (``""`` is missing). If at least ``NUMERIC_TEXT_SHARE`` (95 %) of its values
-  parse as numbers but some don't, it is a numeric column with junk: ``DataError`` naming the first
-  bad row and the column. If all parse, it is treated as numbers below; otherwise it is categorical
-  text ("Yes"/"No" included, kept as written).
+* **text** (normalised: stripped, ``""``/NA missing). If at least ``NUMERIC_TEXT_SHARE`` (95 %) of
+  its values parse as numbers but some don't, it is a numeric column with junk: ``DataError`` naming
+  the first bad row and the column. If all parse, it is treated as numbers below; otherwise it is
+  categorical text ("Yes"/"No" included, kept as written).
 * **identifier-like** columns are dropped, with a warning and a ``profile["dropped"]`` entry:
   no missing values, every value distinct, and either the name looks like an ID (``id``,
   ``customer_id``, ``customerID``, ``uuid``, ``key``...; needs >= 2 rows) or the table has at least
@@ -45,6 +55,7 @@ import pandas as pd
 from pandas.api import types as pdt
 
 from pipelines.files import DataError
+from pipelines.modalities.tabular.serve import normalize
 from pipelines.params import DataParams, section_dict
 from pipelines.sources import Table
 
@@ -74,13 +85,14 @@ class PreparedTable:
     dropped: list[dict[str, str]] = field(default_factory=list)
     dropped_rows_missing_target: int = 0
     checks: list[str] = field(default_factory=list)
+    forced: dict[str, str] = field(default_factory=dict)  # data.columns
 
 
 def prepare_table(table: Table, params: DataParams) -> PreparedTable:
     """Type, validate and clean ``table``; raise ``DataError`` naming file/row/column on bad data."""
     where, frame = table.origin, table.frame.reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
-    _check_shape(frame, table.target, params.drop, where)
+    _check_shape(frame, table.target, params.drop, where, params.columns)
     checks = ["non_empty", "target_present"]
     target, task = _target(frame[table.target], table.target, where, params.task, table.task)
     missing = target.isna()
@@ -95,7 +107,7 @@ def prepare_table(table: Table, params: DataParams) -> PreparedTable:
     for name in frame.columns:
         if name == table.target or name in params.drop:
             continue
-        kind, values = _feature(frame[name][keep], name, where)
+        kind, values = _feature(frame[name][keep], name, where, params.columns.get(name))
         if kind == "drop":
             log.warning("%s: dropping column %r: %s", where, name, values)
             dropped.append({"name": name, "reason": values})
@@ -109,10 +121,12 @@ def prepare_table(table: Table, params: DataParams) -> PreparedTable:
     checks += _check_target(target, table.target, task, where)
     out[table.target] = target
     result = pd.DataFrame(out).reset_index(drop=True)
-    return PreparedTable(result, table.target, task, where, kinds, dropped, int(missing.sum()), checks)
+    return PreparedTable(result, table.target, task, where, kinds, dropped, int(missing.sum()), checks,
+                         dict(params.columns))
 
 
-def _check_shape(frame: pd.DataFrame, target: str, drop: tuple[str, ...], where: str) -> None:
+def _check_shape(frame: pd.DataFrame, target: str, drop: tuple[str, ...], where: str,
+                 columns: dict[str, str] | None = None) -> None:
     if frame.shape[1] == 0:
         raise DataError(f"{where}: table has no columns")
     if len(frame) == 0:
@@ -126,6 +140,9 @@ def _check_shape(frame: pd.DataFrame, target: str, drop: tuple[str, ...], where:
     for i, name in enumerate(drop):
         if name not in frame.columns:
             raise DataError(f"{where}: column {name!r} (data.drop[{i}]) not found; available columns: {available}")
+    for name in columns or {}:
+        if name not in frame.columns:
+            raise DataError(f"{where}: column {name!r} (data.columns.{name}) not found; available columns: {available}")
 
 
 # ---------------------------------------------------------------- values
@@ -136,7 +153,42 @@ def _is_boolean(s: pd.Series) -> bool:
 
 
 def _bool_text(s: pd.Series) -> pd.Series:
-    return s.map(lambda v: v if pd.isna(v) else ("true" if v else "false")).astype("string")
+    return s.map(lambda v: v if pd.isna(v) else normalize(v, "categorical")).astype("string")
+
+
+_UNSEEN = object()
+
+
+def _normalized(s: pd.Series, kind: str, name: str, where: str, bad: list[Any] | None = None) -> pd.Series:
+    """``normalize(value, kind)`` of every value (once per distinct value): ``string`` (categorical)
+    or ``float64`` (numeric), missing as NA/NaN. A value ``normalize`` rejects raises a ``DataError``
+    naming its row, or, when ``bad`` is a list, is appended to it as ``(row, value)`` and left missing."""
+    missing = s.isna().to_numpy()
+    out: list[Any] = [None] * len(s)
+    cache: dict[tuple[type, Any], Any] = {}
+    for i, (row, value) in enumerate(zip(s.index, s.array)):
+        if missing[i]:
+            continue
+        try:
+            key: tuple[type, Any] | None = (type(value), value)
+            hit = cache.get(key, _UNSEEN)
+        except TypeError:  # unhashable (a list from JSONL)
+            key, hit = None, _UNSEEN
+        if hit is _UNSEEN:
+            try:
+                hit = normalize(value, kind)
+            except (TypeError, ValueError) as exc:
+                if bad is None:
+                    raise DataError(f"{where}: row {row}, column {name!r}: {exc} (leave the column out with "
+                                    f"data.drop)") from None
+                bad.append((row, value))
+                hit = None
+            if key is not None:
+                cache[key] = hit
+        out[i] = hit
+    if kind == "numeric":
+        return pd.Series(np.array([np.nan if v is None else v for v in out], dtype="float64"), index=s.index)
+    return pd.Series(out, index=s.index, dtype="object").astype("string")
 
 
 def _text(s: pd.Series) -> pd.Series:
@@ -170,13 +222,9 @@ def _whole(numbers: pd.Series) -> bool:
     return bool(len(present)) and bool(np.all(np.mod(present.to_numpy(), 1) == 0))
 
 
-def _int_text(numbers: pd.Series) -> pd.Series:
-    return numbers.map(lambda v: v if pd.isna(v) else str(int(v))).astype("string")
-
-
 def _label_text(numbers: pd.Series) -> pd.Series:
-    """Numbers as class labels: ``3.0`` -> ``"3"``, ``0.5`` -> ``"0.5"``."""
-    return numbers.map(lambda v: v if pd.isna(v) else (str(int(v)) if v == int(v) else repr(float(v)))).astype("string")
+    """Numbers as class labels: ``3.0`` -> ``"3"``, ``0.5`` -> ``"0.5"`` (the category rule of ``normalize``)."""
+    return numbers.map(lambda v: v if pd.isna(v) else normalize(v, "categorical")).astype("string")
 
 
 def _check_finite(numbers: pd.Series, name: str, where: str) -> None:
@@ -190,34 +238,71 @@ def _check_finite(numbers: pd.Series, name: str, where: str) -> None:
 # ---------------------------------------------------------------- features
 
 
-def _feature(s: pd.Series, name: str, where: str) -> tuple[str, Any]:
-    """``("numeric", float64)``, ``("categorical", string)`` or ``("drop", reason)``."""
+def _feature(s: pd.Series, name: str, where: str, forced: str | None = None) -> tuple[str, Any]:
+    """``("numeric", float64)``, ``("categorical", string)`` or ``("drop", reason)``; ``forced`` is
+    the column's ``data.columns`` type, if any."""
     if pdt.is_datetime64_any_dtype(s) or pdt.is_timedelta64_dtype(s):
+        if forced:
+            raise DataError(f"{where}: column {name!r}: date/time dtype {s.dtype} cannot be {forced} "
+                            f"(data.columns.{name}; date/time columns are not used yet)")
         return "drop", f"unsupported dtype {s.dtype} (date/time columns are not used yet)"
-    if _is_boolean(s):
-        values: pd.Series = _bool_text(s)
+    textual = pdt.is_string_dtype(s) or pdt.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)
+    if forced == "categorical":
+        values: pd.Series = _normalized(s, "categorical", name, where)
+    elif forced == "numeric":
+        if _is_boolean(s):
+            raise DataError(f"{where}: column {name!r}: boolean values cannot be numeric (data.columns.{name}: "
+                            f"numeric; use categorical)")
+        if pdt.is_numeric_dtype(s):
+            values = pd.Series(s.to_numpy(dtype="float64", na_value=np.nan), index=s.index)
+        elif textual:
+            bad: list[Any] = []
+            values = _normalized(s, "numeric", name, where, bad)
+            if bad:
+                row, value = bad[0]
+                raise DataError(f"{where}: row {row}, column {name!r}: non-numeric value {value!r} in a numeric "
+                                f"column (data.columns.{name}: numeric; {len(bad)} values do not parse as numbers)")
+        else:
+            raise DataError(f"{where}: column {name!r}: unsupported dtype {s.dtype} (data.columns.{name})")
+    elif _is_boolean(s):
+        values = _bool_text(s)
     elif pdt.is_numeric_dtype(s):
         values = pd.Series(s.to_numpy(dtype="float64", na_value=np.nan), index=s.index)
-    elif pdt.is_string_dtype(s) or pdt.is_object_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
-        text = _text(s)
-        if text.isna().all():
-            values = text
-        else:
-            numbers = _parse_numbers(text, name, where)
-            values = text if numbers is None else numbers
+    elif textual:
+        values = _text_values(s, name, where)
     else:
         return "drop", f"unsupported dtype {s.dtype}"
     if values.isna().all():
         raise DataError(f"{where}: column {name!r}: every value is missing (leave it out with data.drop)")
-    reason = _drop_reason(values, name)
-    if reason:
-        return "drop", reason
+    if not forced:
+        reason = _drop_reason(values, name)
+        if reason:
+            return "drop", reason
     if pdt.is_string_dtype(values):
         return "categorical", values
     _check_finite(values, name, where)
-    if _is_code(values):
-        return "categorical", _int_text(values)
+    if not forced and _is_code(values):
+        return "categorical", _normalized(values, "categorical", name, where)
     return "numeric", values
+
+
+def _text_values(s: pd.Series, name: str, where: str) -> pd.Series:
+    """A text column: ``float64`` if every present value is a number, else category texts; raises
+    when most (>= ``NUMERIC_TEXT_SHARE``) but not all values are numbers."""
+    bad: list[Any] = []
+    numbers = _normalized(s, "numeric", name, where, bad)
+    if not bad:
+        return numbers
+    present = int(numbers.notna().sum()) + len(bad)
+    if 1 - len(bad) / present >= NUMERIC_TEXT_SHARE:
+        row, value = bad[0]
+        shown = value.strip() if isinstance(value, str) else value
+        raise DataError(
+            f"{where}: row {row}, column {name!r}: non-numeric value {shown!r} in a numeric column "
+            f"({len(bad)} of {present} values do not parse as numbers; data.columns.{name}: categorical "
+            f"keeps them as categories)"
+        )
+    return _normalized(s, "categorical", name, where)
 
 
 def _drop_reason(values: pd.Series, name: str) -> str | None:
@@ -323,8 +408,8 @@ def frame_hash(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
-def _column_profile(col: pd.Series, kind: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"name": col.name, "type": kind, "dtype": str(col.dtype),
+def _column_profile(col: pd.Series, kind: str, forced: bool = False) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": col.name, "type": kind, "forced": forced, "dtype": str(col.dtype),
                             "missing_rate": round(float(col.isna().mean()), 6), "cardinality": int(col.nunique())}
     if kind == "categorical":
         categories = sorted(col.dropna().unique())
@@ -342,7 +427,7 @@ def table_profile(prep: PreparedTable, params: DataParams, task: Any) -> dict[st
     frame, target = prep.frame, prep.frame[prep.target]
     return {
         "source": prep.origin, "task": prep.task, "target": prep.target, "rows": int(len(frame)),
-        "columns": [_column_profile(frame[name], kind) for name, kind in prep.kinds.items()],
+        "columns": [_column_profile(frame[name], kind, name in prep.forced) for name, kind in prep.kinds.items()],
         "dropped": prep.dropped, "dropped_rows_missing_target": prep.dropped_rows_missing_target,
         **task.target_profile(target.to_numpy()),
         "data_hash": frame_hash(frame), "checks_passed": prep.checks, "params": section_dict(params),
