@@ -216,11 +216,12 @@ def build_bento(model_dir: Path) -> str:
     import tempfile
 
     from serving.build import build_bento as bentoml_build
+    from serving.build import copy_sources
 
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
         ctx_path = Path(ctx)
-        shutil.copytree(root / "serving", ctx_path / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+        copy_sources(root, ctx_path)
         (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
         for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
             if path.name != "parity.json":
@@ -236,11 +237,12 @@ def build_bento(model_dir: Path) -> str:
     import tempfile
 
     from serving.build import build_bento as bentoml_build
+    from serving.build import copy_sources
 
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
         ctx_path = Path(ctx)
-        shutil.copytree(root / "serving", ctx_path / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+        copy_sources(root, ctx_path)
         (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
         for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
             if path.name != "parity.json":

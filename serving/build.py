@@ -36,6 +36,17 @@ BENTOS = {
 }
 
 
+SOURCES = ("serving", "pipelines")  # the bentofile's includes pick the service's files from these
+
+
+def copy_sources(root: Path, dest: Path) -> None:
+    """Copy the packages the service's code lives in into a build context ``dest``."""
+    import shutil
+
+    for name in SOURCES:
+        shutil.copytree(Path(root) / name, Path(dest) / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
 def build_bento(project_root: Path, bentoml_home: Path | None = None, timeout: float = 600,
                 service: str | None = None) -> str:
     """Run ``bentoml build`` in a subprocess (its import and logging stay out of the caller) and

@@ -136,7 +136,14 @@ def compatible(case: Case, arch: str) -> bool:
 
 
 COMBOS = [pytest.param(c, a, id=f"{c.id}-{a}") for c in DATASETS for a in list_models() if compatible(c, a)]
-MISFITS = [pytest.param(c, a, id=f"{c.id}-{a}") for c in DATASETS for a in list_models() if not compatible(c, a)]
+# Misfits that design does not refuse yet (a product gap, reported): strict xfail, so a fix shows up here.
+SILENT_MISFITS = {
+    ("text", "ft_transformer"): "FeatureTokenizer multiplies int64 token ids by float weights (type promotion): "
+                                "ids are read as numeric magnitudes and design's dry run passes",
+}
+MISFITS = [pytest.param(c, a, id=f"{c.id}-{a}", marks=[pytest.mark.xfail(strict=True, reason=SILENT_MISFITS[
+    (c.modality, a)])] if (c.modality, a) in SILENT_MISFITS else [])
+           for c in DATASETS for a in list_models() if not compatible(c, a)]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from pipelines.sources import Dataset, load_source, register_source, source_name
 from tests.conftest import ROOT, make_params, run_pipeline
 
 SOURCE = "toy:signals"
+AMPLITUDE_SOURCE = "toy:signal_amplitudes"  # the same signals, labelled with their amplitude
 LENGTH = 32
 SHAPES = ("sawtooth", "sine", "square")
 CONV_ARCH = "signal_conv1d"
@@ -41,9 +42,10 @@ CONV_ARCH = "signal_conv1d"
 # ---------------------------------------------------------------- the new modality, in this file alone
 
 
-def make_signals(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make_signals(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` float32 signals ``[n, LENGTH]`` (about two cycles, jittered frequency and phase, random
-    amplitude and offset, noise) and their shape names; classes are balanced, the seed fixes all."""
+    amplitude and offset, noise), their shape names and amplitudes; classes are balanced, the seed
+    fixes all."""
     rng = np.random.default_rng(seed)
     t = np.arange(LENGTH) / LENGTH
     labels = np.asarray(SHAPES)[np.arange(n) % len(SHAPES)]
@@ -51,15 +53,21 @@ def make_signals(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     waves = {"sine": np.sin(2 * np.pi * cycles), "square": np.sign(np.sin(2 * np.pi * cycles)),
              "sawtooth": 2 * (cycles % 1.0) - 1}
     clean = np.select([labels[:, None] == s for s in SHAPES], [waves[s] for s in SHAPES])
-    X = rng.uniform(0.5, 2.0, (n, 1)) * clean + rng.normal(0, 0.3, (n, 1)) + rng.normal(0, 0.15, (n, LENGTH))
-    return X.astype(np.float32), labels
+    amplitude = rng.uniform(0.5, 2.0, (n, 1))
+    X = amplitude * clean + rng.normal(0, 0.3, (n, 1)) + rng.normal(0, 0.15, (n, LENGTH))
+    return X.astype(np.float32), labels, amplitude[:, 0]
 
 
 def signals_source(params: DataParams) -> Dataset:
     """The toy source: a ``Dataset`` like the bundled digits (labels 0..K-1, class names)."""
-    X, labels = make_signals()
+    X, labels, _ = make_signals()
     return Dataset(X=X, y=np.searchsorted(SHAPES, labels).astype(np.int64), kind="signal",  # type: ignore[arg-type]
                    origin=SOURCE, class_names=SHAPES)
+
+
+def amplitudes_source(params: DataParams) -> Dataset:
+    X, _, amplitude = make_signals()
+    return Dataset(X=X, y=amplitude, kind="signal", origin=AMPLITUDE_SOURCE)  # type: ignore[arg-type]
 
 
 class Standardized(nn.Module):
@@ -81,16 +89,18 @@ class Signals(Modality):
     name = "signal"
 
     def claims(self, data: DataParams) -> bool:
-        return not data.text and source_name(data.source) == SOURCE
+        return not data.text and source_name(data.source) in (SOURCE, AMPLITUDE_SOURCE)
 
     def collect(self, params: Params, out: Path) -> dict[str, Any]:
         ds = load_source(params.data)
-        task = get_task("classification" if params.data.task == "auto" else params.data.task)
-        labels = np.asarray(ds.class_names)[ds.y]
-        save_arrays(out / "data.npz", X=ds.X, y=labels)
+        # the source knows its task: shapes are classes, amplitudes the test file's own task
+        task = get_task(Amplitude.name if ds.origin == AMPLITUDE_SOURCE else "classification")
+        targets = np.asarray(ds.class_names)[ds.y] if ds.class_names else ds.y
+        checks = validate_dataset(ds, "regression" if ds.origin == AMPLITUDE_SOURCE else task.name)
+        save_arrays(out / "data.npz", X=ds.X, y=targets)
         return {"source": ds.origin, "task": task.name, "rows": int(len(ds.X)),
-                "data_hash": sha256_arrays(ds.X, ds.y), "checks_passed": validate_dataset(ds, task.name),
-                "params": section_dict(params.data), **task.target_profile(labels)}
+                "data_hash": sha256_arrays(ds.X, ds.y), "checks_passed": checks,
+                "params": section_dict(params.data), **task.target_profile(targets)}
 
     def load(self, collect_dir: Path, profile: dict[str, Any]) -> Loaded:
         data = load_arrays(collect_dir / "data.npz", "X", "y")
@@ -123,6 +133,62 @@ class Signals(Modality):
                         cases=[ParityCase({INPUT_NAME: raw}, reference)], info=info, example=raw[:2])
 
 
+class Amplitude(Task):
+    """A new task, in this file alone: each signal's amplitude (one positive number), scored by
+    negated mean absolute error (higher is better, as every primary metric is)."""
+
+    name = "amplitude"
+    output_name = "amplitude"
+    losses = ("mse",)
+    default_loss = "mse"
+    metrics = ("neg_mae",)
+
+    def target_profile(self, values: Any) -> dict[str, Any]:
+        y = np.asarray(values, dtype=np.float64)
+        return {"amplitude_range": [float(y.min()), float(y.max())]}
+
+    def encode_targets(self, values: Any, profile: dict[str, Any], where: str) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32)
+
+    def strata(self, y: np.ndarray) -> tuple[np.ndarray, str]:
+        return np.digitize(y, np.quantile(y, [0.25, 0.5, 0.75])), "amplitude quartiles"
+
+    def num_outputs(self, split: dict[str, Any]) -> int:
+        return 1
+
+    def choose_loss(self, p: Any, y_train: np.ndarray, num_outputs: int) -> dict[str, Any]:
+        return {"name": "mse", "class_weights": None, "why": "amplitudes are O(1): plain squared error"}
+
+    def train_targets(self, y: np.ndarray, target_state: dict[str, Any]) -> Any:
+        return torch.as_tensor(y, dtype=torch.float32)
+
+    def step(self, out: Any, y: Any, loss_fn: Any) -> tuple[Any, dict[str, Any]]:
+        out = out.squeeze(-1)
+        return loss_fn(out, y), {"mae": (out - y).abs().mean()}
+
+    def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:
+        return {"pred": raw[:, 0].astype(np.float64)}
+
+    def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
+        return {"pred": np.asarray(estimator.predict(X), dtype=np.float64)}
+
+    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+              p: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        return {"neg_mae": round(-float(np.abs(test["pred"] - y_test).mean()), 6)}, {}
+
+    def primary_metric(self, requested: str, split: dict[str, Any]) -> tuple[str, str]:
+        return "neg_mae", "the only metric of this task"
+
+    def baseline_factories(self, categorical: list[int]) -> dict[str, Any]:
+        from sklearn.linear_model import Ridge
+
+        return {"linear": Ridge}
+
+    def report(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
+               plots: Path) -> tuple[dict[str, Any], dict[str, list[tuple]]]:
+        return {}, {"amplitudes.csv": [("actual", "predicted"), *zip(y.tolist(), test["pred"].tolist())]}
+
+
 class SignalConv1d(nn.Module):
     """A tiny 1-D CNN over ``[LENGTH]`` inputs: an architecture registered outside ``models/``."""
 
@@ -144,14 +210,18 @@ def signals() -> Iterator[type[Signals]]:
     import pipelines.sources as sources
 
     register_source(SOURCE)(signals_source)
+    register_source(AMPLITUDE_SOURCE)(amplitudes_source)
     register_modality(Signals)
+    register_task(Amplitude)
     model_registry.register_model(CONV_ARCH)(SignalConv1d)
     try:
         yield Signals
     finally:
         unregister(Signals.name)
+        unregister(Amplitude.name)
         # sources and models have no public unregister (yet): drop the test's entries directly
         sources._SOURCES.pop(SOURCE, None)
+        sources._SOURCES.pop(AMPLITUDE_SOURCE, None)
         model_registry._REGISTRY.pop(CONV_ARCH, None)
 
 
@@ -191,6 +261,28 @@ def test_new_modality_runs_all_seven_steps(signals: type[Signals], arch: str, kw
     assert (manifest["kind"], manifest["task"]) == ("signal", "classification")
     assert manifest["input"]["shape"] == [-1, LENGTH] and manifest["classes"] == list(SHAPES)
     assert manifest["version"] == "1" and manifest["alias"] == "champion"
+
+
+def test_new_task_runs_all_seven_steps(signals: type[Signals], tmp_path: Path, mlflow_uri: str) -> None:
+    """The test file's ``amplitude`` task: targets, loss, scoring, baseline and parity with no step change."""
+    params = make_params(data={"source": AMPLITUDE_SOURCE}, model={"name": "mlp", "kwargs": {"hidden": [32]}},
+                         train={"epochs": 15, "batch_size": 32, "patience": 15},
+                         evaluate={"baselines": ["linear"], "min_score": -0.5},
+                         deploy={"build_bento": False, "register": False, "model_name": "signal-amplitude",
+                                 "parity_batch_sizes": [7]})
+    run_pipeline(params, tmp_path)
+    assert read_json(tmp_path / "collect" / "profile.json")["task"] == "amplitude"
+    assert read_json(tmp_path / "split" / "split.json")["stratified_on"] == "amplitude quartiles"
+    assert read_json(tmp_path / "configure" / "recipe.json")["loss"]["name"] == "mse"
+    metrics = read_json(tmp_path / "evaluate" / "metrics.json")
+    assert metrics["primary_metric"]["name"] == "neg_mae" and "linear" in metrics["baselines"]
+    assert metrics["neg_mae"] > -0.5, metrics  # amplitudes span 0.5..2
+    assert (tmp_path / "evaluate" / "plots" / "amplitudes.csv").exists()
+    parity = read_json(tmp_path / "deploy" / "parity.json")
+    assert parity["passed"] and parity["label_agreement"] is None  # no labels to agree on
+    manifest = read_json(tmp_path / "deploy" / "manifest.json")
+    assert (manifest["kind"], manifest["task"]) == ("signal", "amplitude")
+    assert manifest["output"] == {"name": "amplitude", "shape": [-1, 1], "dtype": "float32"}
 
 
 def test_served_graph_takes_raw_signals(signals: type[Signals], tmp_path: Path) -> None:
@@ -264,7 +356,7 @@ def test_registration_lifecycle(signals: type[Signals]) -> None:
     unregister("signal")
     with pytest.raises(PluginError, match="unknown modality 'signal'"):
         get_modality("signal")
-    assert "signal" not in list_modalities() and list_tasks() == ["classification", "regression"]
+    assert "signal" not in list_modalities() and "amplitude" in list_tasks()
 
 
 # ---------------------------------------------------------------- steps never branch on plug-in names

@@ -252,7 +252,9 @@ def test_build_bento_returns_its_tag(model_dir: Path, tmp_path: Path) -> None:
 
     root = Path(__file__).resolve().parents[1]
     project = tmp_path / "project"
-    shutil.copytree(root / "serving", project / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    from serving.build import copy_sources
+
+    copy_sources(root, project)
     shutil.copytree(model_dir, project / "artifacts" / "deploy")
     home = tmp_path / "bentoml_home"
     tag = build_bento(project, home)

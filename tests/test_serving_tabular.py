@@ -389,10 +389,10 @@ def test_build_bento_picks_the_tabular_service(model_dir: Path, tmp_path: Path) 
 
     import yaml
 
-    from serving.build import build_bento
+    from serving.build import build_bento, copy_sources
 
     project = tmp_path / "project"
-    shutil.copytree(ROOT / "serving", project / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_sources(ROOT, project)  # serving/ and pipelines/ (the request side lives in the tabular modality)
     shutil.copytree(model_dir, project / "artifacts" / "deploy")
     home = tmp_path / "bentoml_home"
     name, version = build_bento(project, home).split(":")  # the deploy stage's call: no service named
@@ -400,7 +400,7 @@ def test_build_bento_picks_the_tabular_service(model_dir: Path, tmp_path: Path) 
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert name == "dlops-tabular" and info["service"] == "serving.tabular:TabularPredictor"
     assert info["labels"]["task"] == "classification"
-    assert (bento / "src" / "serving" / "tabular_schemas.py").is_file()
+    assert (bento / "src" / "pipelines" / "modalities" / "tabular" / "serve.py").is_file()
     assert (bento / "src" / "artifacts" / "deploy" / "manifest.json").is_file()
     assert not (bento / "src" / "serving" / "fixtures.py").exists()
     assert not (bento / "src" / "tests").exists()  # test helpers (tests/helpers.py) never ship

@@ -274,16 +274,20 @@ def test_build_bento_picks_the_text_service_and_ships_the_tokenizer(model_dir: P
     from serving.build import build_bento
 
     project = tmp_path / "project"
-    shutil.copytree(ROOT / "serving", project / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    from serving.build import copy_sources
+
+    copy_sources(ROOT, project)
     shutil.copytree(model_dir, project / "artifacts" / "deploy")
     home = tmp_path / "bentoml_home"
     name, version = build_bento(project, home).split(":")
     bento = home / "bentos" / name / version
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     assert name == "dlops-text" and info["service"] == "serving.text:TextClassifier"
-    for path in ("serving/text.py", "serving/text_schemas.py", "serving/text_encode.py",
+    for path in ("serving/text.py", "pipelines/modalities/text/serve.py", "pipelines/modalities/text/encode.py",
                  "artifacts/deploy/tokenizer.json", "artifacts/deploy/manifest.json"):
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "serving" / "fixtures.py").exists()
     assert not (bento / "src" / "tests").exists()  # test helpers (tests/helpers.py) never ship
+    # the request side ships, the training side's heavy modules do not
+    assert not (bento / "src" / "pipelines" / "train.py").exists()
     assert "tokenizers==" in (bento / "env" / "python" / "requirements.txt").read_text()

@@ -140,6 +140,8 @@ def _check_value(col: dict[str, Any], value: Any, where: str) -> str | float | N
         # bool is an int subclass, but a raw table never has a boolean in a numeric column
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _fail(where, "expected a number, a numeric string or null", _describe(value))
+        if isinstance(value, float) and math.isnan(value):  # a NaN literal is not null
+            raise _fail(where, "expected a finite number within float32 range", _describe(value))
         try:
             number = normalize(value, "numeric")
         except (TypeError, ValueError):
