@@ -11,14 +11,14 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from models import ModelError
+
+__all__ = ["ModelError", "register_model", "list_models", "get_model_class", "check_kwargs", "create_model"]
+
 # One module per family; imported on first use so that importing the registry stays cheap.
 FAMILIES = ("models.mlp", "models.cnn", "models.tabular", "models.sequence")
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
-
-
-class ModelError(ValueError):
-    """Unknown architecture or bad architecture kwargs; names the params key at fault."""
 
 
 def register_model(name: str) -> Callable[[type], type]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.registry import ModelError
+from models import ModelError
 from pipelines.files import DataError
 from pipelines.logs import setup_logging
 from pipelines.params import ParamsError, load_params

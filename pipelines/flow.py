@@ -41,7 +41,7 @@ def stage_calls(dvc_yaml: str | Path = "dvc.yaml") -> list[tuple[str, str, dict[
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
     """Bad params/data/architecture fail the same way every time: don't retry those."""
-    from models.registry import ModelError
+    from models import ModelError
     from pipelines.files import DataError
     from pipelines.params import ParamsError
 

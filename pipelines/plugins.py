@@ -114,8 +114,6 @@ class Modality:
 
     name: ClassVar[str]
     service: ClassVar[str | None] = None
-    # params sections this modality reads beyond the generic ones (dvc.yaml lists them on its stages)
-    sections: ClassVar[tuple[str, ...]] = ()
 
     def claims(self, data: DataParams) -> bool:
         """True when ``data`` (its source, and e.g. ``data.text``) is this modality's."""

@@ -3,7 +3,11 @@
 Nothing here imports pipelines/, models/ or serving/, so these checks still report when that code is
 mid-refactor or broken. A module's imports are every ``import``/``from`` anywhere in its tree
 (function-level ones included) plus, for what a process may load, dynamic imports named by string
-constants ("models.mlp", "serving.text:TextClassifier"), as registries list their plug-ins.
+constants that are exactly a module's dotted name ("models.mlp", "pipelines.modalities.text.plugin"), as
+registries list their plug-ins. A "module:Class" string names a service that `bentoml serve` starts,
+not something the naming process imports. The bento check follows module-level imports (what loading
+the service runs) plus the function-level imports of the request side: serving/ and the modalities'
+``serve`` modules; the training side's lazy imports (torch, the exporter) never run in the service.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,7 @@ class Module:
     path: Path
     is_package: bool
     static: set[str] = field(default_factory=set)  # project modules imported by import statements
+    top: set[str] = field(default_factory=set)  # ... by module-level statements (not inside a def)
     dynamic: set[str] = field(default_factory=set)  # project modules named by string constants
     raw: set[str] = field(default_factory=set)  # every absolute name imported, project or not
     strings: set[str] = field(default_factory=set)  # every string constant (for names outside the project)
@@ -69,9 +74,9 @@ def absolute(module: Module, node: ast.ImportFrom) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
-# "pkg.mod" or "pkg.mod:Attr"; an identifier after the colon, so that "models:/name@alias" (an MLflow
-# URI) is not taken for the models package
-DYNAMIC = re.compile(r"([A-Za-z_][\w.]*)(?::[A-Za-z_][\w.]*)?")
+# "pkg.mod" only: "pkg.mod:Attr" names a service started by `bentoml serve`, and "models:/name@alias"
+# (an MLflow URI) is not the models package
+DYNAMIC = re.compile(r"([A-Za-z_][\w.]*)")
 
 
 def dynamic_target(text: str) -> str | None:
@@ -85,7 +90,10 @@ def analyse(module: Module, known: set[str]) -> None:
     except SyntaxError as exc:
         module.syntax_error = f"{module.rel}:{exc.lineno}: {exc.msg}"
         return
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+             for n in ast.walk(f) if n is not f}
     for node in ast.walk(tree):
+        before = set(module.static)
         if isinstance(node, ast.Import):
             for alias in node.names:
                 module.raw.add(alias.name)
@@ -106,7 +114,10 @@ def analyse(module: Module, known: set[str]) -> None:
             module.strings.add(node.value)
             if (dotted := dynamic_target(node.value)) in known:
                 module.dynamic.add(dotted)
+        if id(node) not in inner:
+            module.top |= module.static - before
     module.static.discard(module.name)
+    module.top.discard(module.name)
     module.dynamic.discard(module.name)
 
 
@@ -125,9 +136,15 @@ def project() -> dict[str, Module]:
     return modules
 
 
-def reach(entries: Iterable[str]) -> dict[str, str | None]:
+def request_side(module: Module) -> bool:
+    """Code the service runs: serving/ and the modalities' ``serve`` modules (all their imports count)."""
+    return module.name.startswith("serving.") or module.name.endswith(".serve")
+
+
+def reach(entries: Iterable[str], lazy: Callable[[Module], bool] = lambda m: True) -> dict[str, str | None]:
     """Modules a process starting at ``entries`` may load (imports, transitively, and parent packages),
-    each mapped to the module that first pulled it in (None for an entry), for the failure messages."""
+    each mapped to the module that first pulled it in (None for an entry), for the failure messages.
+    Function-level imports count only in modules for which ``lazy`` is true."""
     modules = project()
     via: dict[str, str | None] = {}
     todo = [(name, None) for entry in entries for name in (entry, *parents(entry)) if name in modules]
@@ -137,7 +154,7 @@ def reach(entries: Iterable[str]) -> dict[str, str | None]:
             continue
         via[name] = source
         module = modules[name]
-        for target in sorted(module.static | module.dynamic):
+        for target in sorted((module.static if lazy(module) else module.top) | module.dynamic):
             todo.extend((n, name) for n in (target, *parents(target)) if n in modules and n not in via)
     return via
 
@@ -329,7 +346,7 @@ def test_bento_includes_cover_service_imports() -> None:
         pytest.skip(f"service modules not found under serving/: {unknown or 'none named'}")
     missing: dict[str, str] = {}  # file -> the first import chain found for it
     for service in services:
-        via = reach([service])
+        via = reach([service], lazy=request_side)
         for name in via:
             rel = project()[name].rel
             if not any(glob_matches(rel, p) for p in include) or any(glob_matches(rel, p) for p in exclude):
@@ -345,5 +362,5 @@ def test_checker_helpers() -> None:
     assert glob_matches("serving/x/y.py", "serving/**/*.py") and glob_matches("serving/y.py", "serving/**/*.py")
     assert glob_matches("serving/x/y.py", "serving") and glob_matches("a/__pycache__/m.pyc", "**/__pycache__")
     assert not glob_matches("serving/x/y.py", "serving/*.py") and not glob_matches("servings/y.py", "serving")
-    assert dynamic_target("serving.text:TextClassifier") == "serving.text"
+    assert dynamic_target("serving.text:TextClassifier") is None
     assert dynamic_target("models:/dlops@champion") is None

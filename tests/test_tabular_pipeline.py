@@ -159,7 +159,7 @@ def test_diabetes_regression_through_deploy(tmp_path, monkeypatch):
 
 def test_wrong_baseline_for_the_task_names_the_key(churn_run):
     work, _ = churn_run
-    with pytest.raises(Exception, match=r"evaluate\.baselines: \['linear'\] do not apply to classification"):
+    with pytest.raises(Exception, match=r"evaluate\.baselines: \['linear'\] do not apply to (tabular )?classification"):
         evaluate.run(make_params(evaluate={"baselines": ["linear"]}), work / "split", work / "train", work / "x")
 
 

@@ -34,7 +34,6 @@ TOKENIZER = "tokenizer.json"
 class Texts(Modality):
     name = "text"
     service = "serving.text:TextClassifier"
-    sections = ("text",)
 
     def claims(self, data: DataParams) -> bool:
         return bool(data.text)
