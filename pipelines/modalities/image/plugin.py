@@ -1,7 +1,7 @@
 """Images as fixed-shape arrays (today scikit-learn's 8x8 digits): the ``image`` modality.
 
-collect writes ``data.npz`` (``X`` float32 ``[N, C, H, W]`` raw pixel values, ``y`` the label texts
-for classification) and a profile; split fits one mean/std over all train pixels (JSON state) and
+collect writes ``data.npz`` (``X`` float32 ``[N, C, H, W]`` raw pixel values, ``y`` the targets:
+integer labels whose text, ``str(y)``, is the class name) and a profile; split fits one mean/std over all train pixels (JSON state) and
 saves the raw pixels; the network trains on standardised pixels, and export bakes the same
 standardisation into the graph (``pipelines.export.Deployable``), so clients send raw pixel values.
 ``train.augment`` shifts training images by up to one pixel. Baselines see flattened standardised
@@ -58,7 +58,6 @@ class Images(Modality):
         # array sources are classification unless told otherwise (digits refuses regression itself)
         task = get_task("classification" if params.data.task == "auto" else params.data.task)
         checks = validate_dataset(ds, task.name)
-        labels = np.asarray(ds.class_names)[ds.y] if ds.class_names else ds.y
         prof = {
             "source": ds.origin, "task": task.name, "rows": int(len(ds.X)),
             "schema": {"features": {"shape": list(ds.X.shape[1:]), "dtype": str(ds.X.dtype)},
@@ -66,9 +65,10 @@ class Images(Modality):
             "value_range": list(ds.value_range) if ds.value_range else None,
             "observed_range": [float(ds.X.min()), float(ds.X.max())],
             "data_hash": sha256_arrays(ds.X, ds.y), "checks_passed": checks,
-            **task.target_profile(labels), "params": section_dict(params.data),
+            # class names are the labels' text ("0".."9"): the task encodes them the same way in split
+            **task.target_profile(ds.y), "params": section_dict(params.data),
         }
-        save_arrays(out / "data.npz", X=ds.X.astype(np.float32), y=labels)
+        save_arrays(out / "data.npz", X=ds.X.astype(np.float32), y=ds.y)
         return prof
 
     def load(self, collect_dir: Path, profile: dict[str, Any]) -> Loaded:
