@@ -13,7 +13,7 @@ from typing import Any
 
 from models import ModelError
 
-__all__ = ["ModelError", "register_model", "list_models", "get_model_class", "check_kwargs", "create_model"]
+__all__ = ["ModelError", "register_model", "unregister_model", "list_models", "get_model_class", "check_kwargs", "create_model"]
 
 # One module per family; imported on first use so that importing the registry stays cheap.
 FAMILIES = ("models.mlp", "models.cnn", "models.tabular", "models.sequence")
@@ -29,6 +29,11 @@ def register_model(name: str) -> Callable[[type], type]:
         return cls
 
     return deco
+
+
+def unregister_model(name: str) -> None:
+    """Forget an architecture (tests that register their own clean up with this)."""
+    _REGISTRY.pop(name, None)
 
 
 def _load_families() -> None:
@@ -79,7 +84,17 @@ def create_model(name: str, input_shape: Sequence[int], num_outputs: int,
     cls = get_model_class(name)
     accepted = inspect.signature(cls).parameters
     extra = {k: v for k, v in (data_args or {}).items() if k in accepted}
+    needed = [k for k, p in accepted.items() if k in DATA_ARGS - {"input_shape", "num_outputs"}
+              and p.default is inspect.Parameter.empty and k not in extra]
+    if needed:
+        raise ModelError(f"model.name: {name!r} needs {', '.join(needed)} from the data, which this data does not "
+                         f"have (it gives: {', '.join(sorted(data_args or {})) or 'only its input shape'})")
     try:
         return cls(input_shape=tuple(input_shape), num_outputs=num_outputs, **extra, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"model.kwargs: {name!r} rejected {kwargs}: {exc}") from None
+        error = exc
+    try:  # with its defaults: if it fails too, the data is at fault, not the kwargs
+        cls(input_shape=tuple(input_shape), num_outputs=num_outputs, **extra)
+    except (TypeError, ValueError):
+        raise ModelError(f"model.name: {name!r} cannot take this data: {error}") from None
+    raise ModelError(f"model.kwargs: {name!r} rejected {kwargs}: {error}") from None

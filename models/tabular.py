@@ -169,6 +169,8 @@ class FeatureTokenizer(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not x.is_floating_point():  # token ids would pass silently as numbers
+            raise TypeError(f"expects float feature rows (a table's columns), got {x.dtype} inputs")
         tokens = []
         if self.n_num:
             tokens.append(x[:, :self.n_num, None] * self.num_weight + self.num_bias)

@@ -229,27 +229,6 @@ def build_bento(model_dir: Path) -> str:
         return bentoml_build(ctx_path, None)
 
 
-def build_bento(model_dir: Path) -> str:
-    """``bentoml build`` over a clean context: serving/ + this model's files as artifacts/deploy/.
-
-    The Bento's copy of manifest.json cannot hold its own tag; the deploy output's copy does.
-    """
-    import tempfile
-
-    from serving.build import build_bento as bentoml_build
-    from serving.build import copy_sources
-
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
-        ctx_path = Path(ctx)
-        copy_sources(root, ctx_path)
-        (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
-        for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
-            if path.name != "parity.json":
-                shutil.copy(path, ctx_path / "artifacts" / "deploy" / path.name)
-        return bentoml_build(ctx_path, None)
-
-
 def main() -> None:
     step_main(run, ["split_dir", "train_dir", "evaluate_dir", "out_dir"])
 

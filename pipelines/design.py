@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Write ``model_spec.json``: arch + kwargs, input/output signature, parameter count."""
+    from models import ModelError
     from models.registry import check_kwargs, create_model
 
     check_kwargs(params.model.name, params.model.kwargs)  # fail on a typo before paying for torch
@@ -32,8 +33,12 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     X, _ = load_split(Path(split_dir), "train")
     batch = torch.from_numpy(X[:2])  # float features/images, or int64 token ids
     net.eval()
-    with torch.no_grad():
-        out = net(batch)
+    try:
+        with torch.no_grad():
+            out = net(batch)
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise ModelError(f"model.name: {params.model.name!r} cannot take {split['kind']} inputs "
+                         f"({batch.dtype}, shape {list(batch.shape[1:])}): {exc}") from None
     expected = (len(batch), num_outputs)
     if tuple(out.shape) != expected:
         raise ValueError(f"{params.model.name}: dry run produced {tuple(out.shape)}, expected {expected}")

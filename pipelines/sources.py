@@ -89,6 +89,15 @@ def register_source(name: str, suffixes: tuple[str, ...] = (), modality: str = "
     return deco
 
 
+def unregister_source(name: str) -> None:
+    """Forget a source (tests that register their own clean up with this)."""
+    _SOURCES.pop(name, None)
+    _MODALITY.pop(name, None)
+    for prefix, (registered, _) in list(_PREFIXES.items()):
+        if registered == name:
+            del _PREFIXES[prefix]
+
+
 def list_sources() -> list[str]:
     return sorted(_SOURCES)
 

@@ -6,7 +6,7 @@ import pytest
 from pipelines import collect
 from pipelines.files import DataError, load_arrays
 from pipelines.params import ParamsError
-from pipelines.sources import _MODALITY, _SOURCES, Dataset, register_source
+from pipelines.sources import Dataset, register_source, unregister_source
 from tests.conftest import make_params
 
 
@@ -40,8 +40,7 @@ def bad_source():
         return Dataset(X=X, y=y, kind="image", origin="test:bad", value_range=(0.0, 16.0))
 
     yield holder
-    del _SOURCES["test:bad"]
-    _MODALITY.pop("test:bad", None)
+    unregister_source("test:bad")
 
 
 def _corrupt(kind):

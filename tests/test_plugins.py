@@ -4,7 +4,9 @@
 32 samples), written in this file alone: its own data source, collect (``data.npz`` + profile),
 per-position standardisation fitted on train, baselines, and an ONNX export with the
 standardisation baked in. It runs through all seven steps unchanged, once with the built-in ``mlp``
-and once with an architecture registered here too (``signal_conv1d``). Registrations live only as
+and once with an architecture registered here too (``signal_conv1d``). ``Amplitude`` is a new task
+(each signal's amplitude, scored by negated MAE), also defined here alone, run through all seven
+steps on the same signals. Registrations live only as
 long as the ``signals`` fixture: registries are process-global and other modules list them.
 
 Also here: registry errors, and static checks that the generic steps never branch on a modality's
@@ -96,6 +98,7 @@ class Signals(Modality):
         # the source knows its task: shapes are classes, amplitudes the test file's own task
         task = get_task(Amplitude.name if ds.origin == AMPLITUDE_SOURCE else "classification")
         targets = np.asarray(ds.class_names)[ds.y] if ds.class_names else ds.y
+        # validate_dataset knows the built-in task names only: float targets are checked as regression's
         checks = validate_dataset(ds, "regression" if ds.origin == AMPLITUDE_SOURCE else task.name)
         save_arrays(out / "data.npz", X=ds.X, y=targets)
         return {"source": ds.origin, "task": task.name, "rows": int(len(ds.X)),
@@ -209,8 +212,8 @@ def signals() -> Iterator[type[Signals]]:
     import models.registry as model_registry
     import pipelines.sources as sources
 
-    register_source(SOURCE)(signals_source)
-    register_source(AMPLITUDE_SOURCE)(amplitudes_source)
+    register_source(SOURCE, modality=Signals.name)(signals_source)
+    register_source(AMPLITUDE_SOURCE, modality=Signals.name)(amplitudes_source)
     register_modality(Signals)
     register_task(Amplitude)
     model_registry.register_model(CONV_ARCH)(SignalConv1d)
@@ -219,10 +222,9 @@ def signals() -> Iterator[type[Signals]]:
     finally:
         unregister(Signals.name)
         unregister(Amplitude.name)
-        # sources and models have no public unregister (yet): drop the test's entries directly
-        sources._SOURCES.pop(SOURCE, None)
-        sources._SOURCES.pop(AMPLITUDE_SOURCE, None)
-        model_registry._REGISTRY.pop(CONV_ARCH, None)
+        sources.unregister_source(SOURCE)
+        sources.unregister_source(AMPLITUDE_SOURCE)
+        model_registry.unregister_model(CONV_ARCH)
 
 
 # ---------------------------------------------------------------- all seven steps
