@@ -22,6 +22,11 @@ class DataError(ValueError):
     """Bad input data; the message names the file (and row/column where known)."""
 
 
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the dotted key at fault (``pipelines.params`` raises it;
+    it lives here so that the plug-in registry can raise it without importing the params loader)."""
+
+
 @contextlib.contextmanager
 def staged_outputs(out_dir: str | Path) -> Iterator[Path]:
     """Yield a temp dir beside ``out_dir``; on success move its entries into ``out_dir``.

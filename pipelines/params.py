@@ -18,11 +18,11 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from pipelines.files import ParamsError
+
+__all__ = ["ParamsError", "Params", "DataParams", "load_params", "parse_params", "section_dict"]
+
 DEFAULT_PATH = Path("params.yaml")
-
-
-class ParamsError(ValueError):
-    """A params.yaml problem; the message names the dotted key at fault."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class DataParams:
     """
 
     source: str = "sklearn:digits"
-    task: Literal["auto", "classification", "regression"] = "auto"
+    task: str = "auto"  # auto, or a registered task (pipelines.plugins.list_tasks)
     target: str = ""
     drop: tuple[str, ...] = ()
     text: str = ""
@@ -52,6 +52,11 @@ class DataParams:
     columns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from pipelines.plugins import list_tasks
+
+        if self.task != "auto" and self.task not in list_tasks():
+            raise ParamsError(f"data.task: expected auto or a registered task ({', '.join(list_tasks())}), "
+                              f"got {self.task!r}")
         if not self.source.strip():
             raise ParamsError("data.source: must not be empty")
         for key in ("target", "text"):

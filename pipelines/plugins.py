@@ -327,7 +327,7 @@ def get_task(name: str) -> Task:
 
 def modality_for(data: DataParams) -> Modality:
     """The modality whose ``claims`` accepts ``data``; a ``ParamsError`` naming ``data.source`` if none."""
-    from pipelines.params import ParamsError
+    from pipelines.files import ParamsError
     from pipelines.sources import list_sources, unknown_source_hint
 
     _load_builtins()

@@ -92,7 +92,12 @@ def analyse(module: Module, known: set[str]) -> None:
         return
     inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
              for n in ast.walk(f) if n is not f}
+    # `if TYPE_CHECKING:` imports never run: annotations only
+    typing_only = {id(n) for f in ast.walk(tree) if isinstance(f, ast.If) and "TYPE_CHECKING" in ast.unparse(f.test)
+                   for stmt in f.body for n in ast.walk(stmt)}
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         before = set(module.static)
         if isinstance(node, ast.Import):
             for alias in node.names:
