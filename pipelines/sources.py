@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
 
-from pipelines.files import DataError
-from pipelines.params import DataParams, ParamsError
+from pipelines.files import DataError, ParamsError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from pipelines.params import DataParams
 
 Kind = Literal["image", "tabular", "text"]
 
@@ -66,7 +67,7 @@ class TextTable:
     lines: tuple[int, ...] | None = None
 
 
-SourceFn = Callable[[DataParams], Union[Dataset, Table, TextTable]]
+SourceFn = Callable[["DataParams"], Union[Dataset, Table, TextTable]]
 _SOURCES: dict[str, SourceFn] = {}
 _PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {}  # "csv:" -> ("csv:<path>", accepted suffixes)
 _MODALITY: dict[str, str] = {}  # source name -> the modality that reads it (pipelines/plugins.py)
