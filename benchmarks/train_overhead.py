@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from models.lit import LitModel  # noqa: E402
 from models.registry import create_model  # noqa: E402
 from pipelines.files import read_json  # noqa: E402
+from pipelines.plugins import get_task  # noqa: E402
 from pipelines.train import EpochLogger, make_loaders  # noqa: E402
 
 SPLIT = Path("artifacts/split")
@@ -70,7 +71,7 @@ def lightning(epochs: int, with_mlflow: bool) -> float:
     trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=callbacks)
-    trainer.fit(LitModel(net(), RECIPE, epochs), train_dl, val_dl)
+    trainer.fit(LitModel(net(), RECIPE, get_task(RECIPE["task"]), epochs), train_dl, val_dl)
     return time.perf_counter() - started
 
 
