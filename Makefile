@@ -42,9 +42,7 @@ clean:
 	rm -rf artifacts mlflow.db mlflow.db.lock mlartifacts .prefect .dvc/tmp/exps
 
 # BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
-# DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion serve another model; the
-# service is the one for the model's kind (serving.service:DigitsClassifier, serving.tabular:TabularPredictor
-# or serving.text:TextClassifier).
+# DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion (with MLFLOW_TRACKING_URI) serve
+# another model; one service speaks every kind. A model it cannot load stops it at once with one line.
 serve: install
-	service=$$($(BIN)/python -m serving.build --print-service) && \
-	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve $$service --host 127.0.0.1 --port 3000
+	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:Predictor --host 127.0.0.1 --port 3000

@@ -109,11 +109,13 @@ class Exported:
 
 class Modality:
     """Base class of the input side. Subclasses set ``name`` (the ``kind`` written to every
-    artifact) and ``service`` (the BentoML service, ``module:Class``, or None: no service yet), and
-    implement the methods that raise ``NotImplementedError`` here."""
+    artifact) and ``request_side`` (what the service speaks for it), and implement the methods that
+    raise ``NotImplementedError`` here."""
 
     name: ClassVar[str]
-    service: ClassVar[str | None] = None
+    # the request side in the service (``module:Class``, a ``pipelines.modalities.schema.RequestSide``;
+    # light imports only: the service loads it), or None: no service for this modality yet
+    request_side: ClassVar[str | None] = None
 
     def claims(self, data: DataParams) -> bool:
         """True when ``data`` (its source, and e.g. ``data.text``) is this modality's."""
@@ -257,6 +259,19 @@ class Task:
 
     def parity_scale(self, target_state: dict[str, Any]) -> float:
         return 1.0
+
+    # serve (numpy only: the service calls these)
+    def prediction_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The fields of one prediction in the response: name -> (type, pydantic Field)."""
+        raise NotImplementedError
+
+    def response_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Request-level response fields besides the model identity: name -> (type, pydantic Field)."""
+        return {}
+
+    def respond(self, outputs: np.ndarray, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The graph's ``output_name`` values for a batch -> one dict per row, and the request-level fields."""
+        raise NotImplementedError
 
 
 # ---------------------------------------------------------------- registries

@@ -1,29 +1,76 @@
-"""What the digits and tabular services share: the log filter, the model-service connection
-settings, and the API side's cached manifest / readiness / retried model call."""
+"""Pieces of the service that are not about the model: admission control, the error body, the log filter."""
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from serving.limits import BodyTooLarge
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("dlops.serving")
 
-# Since 1.4.30 the caller's client (proxy2.SessionManager) replaces its aiohttp session every
-# runner_connection.max_requests requests (default 100) or max_age seconds, closing the old one
-# under requests still in flight: at 16 clients ~8 % of requests failed with 500 ("Server
-# disconnected", bentoml/BentoML#5540, #5544). Over a private Unix socket there is nothing to
-# rebalance, so the session is kept; ModelClient.call_model also retries once on a dropped connection.
-RUNNER_CONNECTION = {"max_requests": 2**31 - 1, "max_age": 10.0**9}
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def error_body(message: str) -> dict[str, str]:
+    """Every 4xx/5xx the service writes itself: one string, naming what is wrong."""
+    return {"error": message}
+
+
+class AdmissionControl:
+    """Answer 503 + ``Retry-After`` at once while ``max_inflight`` requests are already in the service.
+
+    Without it, overload queues without limit (every request accepted, latency growing to the client
+    timeout). A shed request costs microseconds and is never read, parsed or logged one by one: a
+    summary line per second says how many were shed.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], max_inflight: int, paths: tuple[str, ...] = (),
+                 retry_after_s: int = 1) -> None:
+        self.app, self.max_inflight, self.paths = app, max_inflight, paths
+        self.retry_after = str(retry_after_s).encode()
+        self.inflight = 0
+        self._shed, self._last_log = 0, time.monotonic()
+        body = json.dumps(error_body(f"overloaded: more than {max_inflight} requests in progress; retry after "
+                                     f"{retry_after_s} s")).encode()
+        self._body = body
+        self._headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                         (b"retry-after", self.retry_after)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.paths and scope.get("path") not in self.paths):
+            await self.app(scope, receive, send)
+            return
+        if self.inflight >= self.max_inflight:
+            await self._shed_one(send)
+            return
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1
+
+    async def _shed_one(self, send: Send) -> None:
+        self._shed += 1
+        now = time.monotonic()
+        if now - self._last_log >= 1.0:
+            logger.warning("overloaded: shed %d request(s) with 503 in the last %.1f s (in flight: %d)",
+                           self._shed, now - self._last_log, self.inflight)
+            self._shed, self._last_log = 0, now
+        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body})
 
 
 class ClientErrorFilter(logging.Filter):
-    """BentoML logs every rejected request as ERROR with a traceback: a client sending bad input
-    would flood the log. Keep one INFO line with the reason instead."""
+    """BentoML logs a rejected request as ERROR with a traceback: a client sending bad input would
+    flood the log. Keep one INFO line with the reason instead."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -32,45 +79,3 @@ class ClientErrorFilter(logging.Filter):
             record.msg, record.args = f"{record.msg}: rejected (%s)", (*(record.args or ()), reason)
             record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
         return True
-
-
-def install_log_filter() -> None:
-    """Idempotent: both service modules may be imported into one process."""
-    http_log = logging.getLogger("bentoml._internal.server.http_app")
-    if not any(isinstance(f, ClientErrorFilter) for f in http_log.filters):
-        http_log.addFilter(ClientErrorFilter())
-
-
-class ModelClient:
-    """Mixin for a public API service whose ``model`` dependency exposes ``manifest()``."""
-
-    model: Any  # bentoml.depends(...) on the service class
-
-    def __init__(self) -> None:
-        self._manifest: dict[str, Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def _get_manifest(self) -> dict[str, Any]:
-        if self._manifest is None:
-            async with self._lock:
-                if self._manifest is None:
-                    self._manifest = await self.model.to_async.manifest()
-        return self._manifest
-
-    async def __is_ready__(self) -> bool:
-        """Ready once the model service answered with its manifest."""
-        try:  # bounded: a model service that failed to start accepts on its socket but never answers
-            await asyncio.wait_for(self._get_manifest(), timeout=5)
-        except Exception:  # noqa: BLE001 - not ready yet, /readyz says 503
-            return False
-        return True
-
-    async def call_model(self, method: str, batch: Any) -> Any:
-        import aiohttp
-
-        call = getattr(self.model.to_async, method)
-        try:
-            return await call(batch)
-        except aiohttp.ClientConnectionError:  # inference is idempotent: one retry on a fresh connection
-            logger.warning("model service connection dropped; retrying once")
-            return await call(batch)

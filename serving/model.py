@@ -1,5 +1,5 @@
-"""Find and load the deployed model: an ONNX file plus its manifest.json, and for a text model the
-tokenizer.json the manifest names (no torch, no pickles).
+"""Find and load the deployed model: an ONNX file plus its manifest.json and the files the manifest
+names (a text model's tokenizer.json), checked by the modality's request side (no torch, no pickles).
 
 Where the model comes from is configuration, never code:
 
@@ -11,7 +11,6 @@ Where the model comes from is configuration, never code:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.files import sha256_file
 
 import numpy as np
 
@@ -28,11 +29,7 @@ DEFAULT_MODEL_DIR = Path("artifacts") / "deploy"
 MANIFEST = "manifest.json"
 REQUIRED_KEYS = ("model_name", "version", "alias", "onnx_file", "onnx_sha256", "run_id", "data_hash",
                  "git_sha", "metrics", "input", "output", "classes")
-
-
-# ONNX input type of each tabular column type (NaN / "" mean missing)
-TABULAR_TYPES = {"numeric": "tensor(float)", "categorical": "tensor(string)"}
-TOKENIZER = "tokenizer.json"  # a text model's tokenizer, beside its manifest
+SERVICE = "serving.service:Predictor"  # the one service, for every modality and task
 
 
 class ModelLoadError(RuntimeError):
@@ -43,27 +40,47 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     session: Any  # onnxruntime.InferenceSession
     manifest: dict[str, Any]
-    source: str  # where it was loaded from, for logs and /metadata
-    tokenizer_path: Path | None = None  # text models: the verified tokenizer.json
+    source: str  # where it was loaded from (a registry URI or a path), for logs and /metadata
+    requests: Any  # the modality's RequestSide (pipelines/modalities/schema.py)
+    task: Any  # the task plug-in: turns graph outputs into predictions
 
     @property
     def input_name(self) -> str:
         return self.manifest["input"]["name"]
 
+    @property
+    def output_name(self) -> str:
+        return self.manifest["output"]["name"]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The graph's output for one batch of inputs."""
+        return self.session.run([self.output_name], feeds)[0]
+
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities for a float32 batch shaped like the manifest's input."""
+        """Class probabilities for a batch shaped like the manifest's single input."""
         from serving.runtime import softmax
 
-        (logits,) = self.session.run([self.manifest["output"]["name"]], {self.input_name: images})
-        return softmax(logits.astype(np.float64)).astype(np.float32)
+        return softmax(self.run({self.input_name: images}).astype(np.float64)).astype(np.float32)
+
+
+RESOLVED_DIR, RESOLVED_SOURCE = "DLOPS_RESOLVED_MODEL_DIR", "DLOPS_RESOLVED_MODEL_SOURCE"
 
 
 def resolve_model_dir(env: dict[str, str] | None = None) -> tuple[Path, str]:
-    """The directory to load from and a description of its source (downloads in registry mode)."""
-    env = dict(os.environ) if env is None else env
+    """The directory to load from and a description of its source.
+
+    Registry mode downloads once per service start: the first process that resolves the URI (the
+    ``bentoml serve`` process, importing the service) downloads into a temp dir, removes it at exit,
+    and leaves the result in ``DLOPS_RESOLVED_MODEL_*`` for the workers it starts (they inherit it).
+    """
+    env = os.environ if env is None else env
     uri = env.get("DLOPS_MODEL_URI")
     if uri:
-        return _download_from_registry(uri), uri
+        if env.get(RESOLVED_SOURCE) == uri and Path(env.get(RESOLVED_DIR, "")).is_dir():
+            return Path(env[RESOLVED_DIR]), uri
+        model_dir = _download_from_registry(uri)
+        env[RESOLVED_DIR], env[RESOLVED_SOURCE] = str(model_dir), uri
+        return model_dir, uri
     model_dir = Path(env.get("DLOPS_MODEL_DIR") or DEFAULT_MODEL_DIR).resolve()
     return model_dir, str(model_dir)
 
@@ -73,11 +90,25 @@ def _download_from_registry(uri: str) -> Path:
     the root) and ``manifest.json`` (text models: also ``tokenizer.json``) as extra files, which land
     in a subfolder. Returns a dir holding them all, with the manifest's ``version``/``alias`` filled
     from the registry (unknown when it was logged)."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        # MLflow's fallback would create ./mlflow.db and answer "no such model"
+        raise ModelLoadError(f"{uri}: set MLFLOW_TRACKING_URI to the registry's tracking server or database")
+    import atexit
+    import shutil
+
     import mlflow
 
     target = Path(tempfile.mkdtemp(prefix="dlops-model-"))
+    atexit.register(shutil.rmtree, target, ignore_errors=True)  # what was downloaded goes at shutdown
     logger.info("downloading %s into %s", uri, target)
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        identity = _registry_identity(uri)
+    except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: one line, not a traceback
+        shutil.rmtree(target, ignore_errors=True)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{uri}: cannot load from the MLflow registry at "
+                             f"{os.environ['MLFLOW_TRACKING_URI']}: {first}") from None
     manifests = sorted(root.rglob(MANIFEST), key=lambda p: len(p.parts)) if root.is_dir() else []
     if not manifests:
         raise ModelLoadError(f"{uri}: no {MANIFEST} in the downloaded artifacts ({root})")
@@ -86,18 +117,19 @@ def _download_from_registry(uri: str) -> Path:
     if not onnx_files:
         raise ModelLoadError(f"{uri}: no {manifest.get('onnx_file')} in the downloaded artifacts ({root})")
     model_dir = onnx_files[0].parent
-    if is_text(manifest):
-        _gather_tokenizer(uri, root, model_dir, manifest)
-    manifest.update(_registry_identity(uri))
+    _gather_named_files(uri, root, model_dir, manifest)
+    manifest.update(identity)
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return model_dir
 
 
-def _gather_tokenizer(uri: str, root: Path, model_dir: Path, manifest: dict[str, Any]) -> None:
-    """Copy the text model's tokenizer file (an MLflow extra file) next to the ONNX file."""
+def _gather_named_files(uri: str, root: Path, model_dir: Path, manifest: dict[str, Any]) -> None:
+    """Copy the files the manifest's input names (MLflow extra files, e.g. a tokenizer) next to the ONNX file."""
     import shutil
 
-    name = manifest.get("input", {}).get("tokenizer") or TOKENIZER
+    name = manifest.get("input", {}).get("tokenizer")
+    if not isinstance(name, str):
+        return
     found = sorted(root.rglob(Path(name).name), key=lambda p: len(p.parts))
     if not found:
         raise ModelLoadError(f"{uri}: no {name} in the downloaded artifacts ({root})")
@@ -128,113 +160,46 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: not found (run the deploy stage, or set DLOPS_MODEL_DIR / "
                              "DLOPS_MODEL_URI)") from None
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"{path}: invalid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable JSON manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise ModelLoadError(f"{path}: missing keys {missing}")
-    if is_tabular(manifest):
-        _check_tabular_manifest(path, manifest)
-        return manifest
-    if is_text(manifest):
-        _check_text_manifest(path, manifest)
-        return manifest
-    shape = manifest["input"].get("shape")
-    if manifest["input"].get("dtype") != "float32" or not isinstance(shape, list) or len(shape) < 2:
-        raise ModelLoadError(f"{path}: input must be float32 with a batch axis, got {manifest['input']}")
+    if not isinstance(manifest["input"], dict) or not isinstance(manifest["output"], dict) \
+            or not isinstance(manifest["output"].get("name"), str):
+        raise ModelLoadError(f"{path}: input and output must be objects, output with a name")
     return manifest
 
 
-def is_tabular(manifest: dict[str, Any]) -> bool:
-    return manifest.get("kind") == "tabular"
-
-
-def is_text(manifest: dict[str, Any]) -> bool:
-    return manifest.get("kind") == "text"
-
-
 def service_for(manifest: dict[str, Any]) -> str:
-    """The service that speaks the model's modality (``make serve`` and serving.build pick it)."""
+    """The service for the model (one for every modality; ``make serve`` and serving.build ask)."""
+    plugins_for(manifest)  # a kind no service speaks fails here, with the reason
+    return SERVICE
+
+
+def plugins_for(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    """The request-side class of the model's modality (``kind``) and its task, from the plug-in registries."""
+    import importlib
+
     from pipelines.plugins import PluginError, get_modality
 
     try:
-        service = get_modality(manifest.get("kind") or "image").service
+        modality = get_modality(manifest.get("kind") or "image")
+        task = get_task_for(manifest)
     except PluginError as exc:
-        raise ModelLoadError(f"manifest kind: {exc}") from None
-    if service is None:
-        raise ModelLoadError(f"no service serves {manifest.get('kind')!r} models yet")
-    return service
+        raise ModelLoadError(f"manifest: {exc}") from None
+    if modality.request_side is None:
+        raise ModelLoadError(f"no service speaks {modality.name!r} models yet")
+    module, _, name = modality.request_side.partition(":")
+    return getattr(importlib.import_module(module), name), task
 
 
-def _check_tabular_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Records in (one typed ONNX input per column); logits [n, classes] or a value [n, 1] out, under the
-    name the manifest gives (the contract says "prediction" for regression; the graph is checked)."""
-    spec, out = manifest["input"], manifest["output"]
-    columns = spec.get("columns") if isinstance(spec, dict) else None
-    if spec.get("kind") != "records" or not isinstance(columns, list) or not columns:
-        raise ModelLoadError(f"{path}: tabular input must be {{'kind': 'records', 'columns': [...]}}, got {spec}")
-    for i, col in enumerate(columns):
-        ok = isinstance(col, dict) and isinstance(col.get("name"), str) and col.get("type") in TABULAR_TYPES
-        if ok and col["type"] == "categorical":
-            ok = isinstance(col.get("categories"), list) and all(isinstance(c, str) for c in col["categories"])
-        if not ok:
-            raise ModelLoadError(f"{path}: input.columns[{i}] must be {{name, type: numeric|categorical, "
-                                 f"categories (categorical)}}, got {col}")
-    if len({c["name"] for c in columns}) != len(columns):
-        raise ModelLoadError(f"{path}: input.columns has duplicate names")
-    if manifest.get("task") not in ("classification", "regression") or not isinstance(out.get("name"), str):
-        raise ModelLoadError(f"{path}: need task classification|regression and output.name, got "
-                             f"{manifest.get('task')!r}, {out}")
-    classes = manifest["classes"]
-    width = 1 if manifest["task"] == "regression" else len(classes) if isinstance(classes, list) else 0
-    if width < 1 or (manifest["task"] == "classification" and width < 2) or out.get("shape", [-1, width])[-1] != width:
-        raise ModelLoadError(f"{path}: output.shape {out.get('shape')} does not fit task {manifest['task']!r} "
-                             f"with classes {classes}")
+def get_task_for(manifest: dict[str, Any]) -> Any:
+    from pipelines.plugins import get_task
 
-
-def _check_text_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Token ids in (int64 [batch, seq], 0 = pad), class logits [batch, K] out, a tokenizer file named."""
-    spec, out, classes = manifest["input"], manifest["output"], manifest["classes"]
-    max_len = spec.get("max_len") if isinstance(spec, dict) else None
-    if (not isinstance(spec, dict) or spec.get("kind") != "texts" or spec.get("dtype") != "int64"
-            or not isinstance(spec.get("name"), str) or type(max_len) is not int or max_len < 1
-            or not isinstance(spec.get("tokenizer"), str) or not isinstance(spec.get("tokenizer_sha256"), str)):
-        raise ModelLoadError(f"{path}: text input must be {{'kind': 'texts', 'name', 'dtype': 'int64', "
-                             f"'max_len' >= 1, 'tokenizer', 'tokenizer_sha256'}}, got {spec}")
-    if manifest.get("task") != "classification" or not isinstance(classes, list) or len(classes) < 2:
-        raise ModelLoadError(f"{path}: a text model is a classifier with >= 2 classes, got task "
-                             f"{manifest.get('task')!r}, classes {classes}")
-    if not isinstance(out.get("name"), str) or out.get("shape", [-1, len(classes)])[-1] != len(classes):
-        raise ModelLoadError(f"{path}: output {out} does not fit {len(classes)} classes")
-
-
-def _check_text_graph(onnx_path: Path, session: Any, model_dir: Path, manifest: dict[str, Any]) -> Path:
-    """The graph takes int64 ids with both axes dynamic (the service trims padding columns) and the
-    tokenizer file is the one the manifest names; returns its path."""
-    inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
-    spec = manifest["input"]
-    if ([i.name for i in inputs] != [spec["name"]] or inputs[0].type != "tensor(int64)"
-            or manifest["output"]["name"] not in outputs):
-        raise ModelLoadError(f"{onnx_path}: graph inputs {[(i.name, i.type) for i in inputs]} / outputs {outputs} "
-                             f"do not match the manifest's int64 {spec['name']!r} / {manifest['output']['name']!r}")
-    shape = inputs[0].shape
-    if len(shape) != 2 or any(isinstance(d, int) for d in shape):
-        raise ModelLoadError(f"{onnx_path}: input shape {shape}: both axes (batch, seq) must be dynamic")
-    tokenizer = model_dir / spec["tokenizer"]
-    if not tokenizer.is_file():
-        raise ModelLoadError(f"{tokenizer}: tokenizer named by {model_dir / MANIFEST} not found")
-    digest = sha256_file(tokenizer)
-    if digest != spec["tokenizer_sha256"]:
-        raise ModelLoadError(f"{tokenizer}: sha256 {digest} != manifest tokenizer_sha256 {spec['tokenizer_sha256']}")
-    return tokenizer
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return get_task(manifest.get("task") or "classification")
 
 
 def load_model(env: dict[str, str] | None = None) -> LoadedModel:
@@ -248,26 +213,25 @@ def load_model_from(model_dir: Path, source: str) -> LoadedModel:
     from serving.runtime import make_session
 
     manifest = read_manifest(model_dir)
+    requests_cls, task = plugins_for(manifest)
     onnx_path = model_dir / manifest["onnx_file"]
     if not onnx_path.is_file():
         raise ModelLoadError(f"{onnx_path}: ONNX file named by {model_dir / MANIFEST} not found")
     digest = sha256_file(onnx_path)
     if digest != manifest["onnx_sha256"]:
         raise ModelLoadError(f"{onnx_path}: sha256 {digest} != manifest onnx_sha256 {manifest['onnx_sha256']}")
-    session = make_session(onnx_path)
-    inputs = [i.name for i in session.get_inputs()]
+    try:
+        session = make_session(onnx_path)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types for a corrupt graph
+        raise ModelLoadError(f"{onnx_path}: ONNX Runtime cannot load it: {str(exc).splitlines()[0][:300]}") from None
+    try:
+        requests = requests_cls(manifest, model_dir)
+        requests.check(session)
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"{model_dir / MANIFEST}: {exc}") from None
     outputs = [o.name for o in session.get_outputs()]
-    tokenizer = None
-    if is_text(manifest):
-        tokenizer = _check_text_graph(onnx_path, session, model_dir, manifest)
-    elif is_tabular(manifest):
-        got = {i.name: i.type for i in session.get_inputs()}
-        want = {c["name"]: TABULAR_TYPES[c["type"]] for c in manifest["input"]["columns"]}
-        if got != want or manifest["output"]["name"] not in outputs:
-            raise ModelLoadError(f"{onnx_path}: graph inputs {got} / outputs {outputs} do not match the "
-                                 f"manifest's columns {want} / output {manifest['output']['name']!r}")
-    elif inputs != [manifest["input"]["name"]] or manifest["output"]["name"] not in outputs:
-        raise ModelLoadError(f"{onnx_path}: graph inputs {inputs} / outputs {outputs} do not match the manifest")
+    if manifest["output"]["name"] not in outputs:
+        raise ModelLoadError(f"{onnx_path}: graph outputs {outputs} lack the manifest's {manifest['output']['name']!r}")
     logger.info("loaded %s version %s (%s) from %s", manifest["model_name"], manifest["version"],
                 manifest["alias"], source)
-    return LoadedModel(session=session, manifest=manifest, source=source, tokenizer_path=tokenizer)
+    return LoadedModel(session=session, manifest=manifest, source=source, requests=requests, task=task)

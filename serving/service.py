@@ -1,132 +1,265 @@
-"""BentoML 1.4 service over the deployed ONNX digits classifier.
+"""One BentoML 1.4 service for every modality and task: ``POST /predict``, ``GET /metadata``.
 
-Two services, as BentoML composes them: ``DigitsClassifier`` is the public HTTP API (strict request
-validation, body-size limit, /predict, GET /metadata) and calls ``DigitsModel``, which owns the ONNX
-Runtime session and adaptively batches ``infer`` calls across concurrent requests. A batchable API
-takes a batch array, so validation has to happen in front of it; ``bentoml serve`` runs the model
-service in its own process behind a private Unix socket.
+The model (``DLOPS_MODEL_URI`` / ``DLOPS_MODEL_DIR`` / ``artifacts/deploy``) is loaded and checked
+when this module is imported, so a missing, corrupt, sha-mismatched or unknown-kind model stops
+``bentoml serve`` at once with one line (exit 1) instead of a worker restarting forever. What the
+request looks like and how it becomes graph inputs comes from the model's modality (its
+``RequestSide``: ``{"images": ...}``, ``{"records": ...}``, ``{"texts": ...}``); how outputs become
+predictions comes from its task. ONNX Runtime runs in this process: no inter-process hop, no
+batcher (the models here run in micro- to milliseconds, so a lone request never waits for a batch).
 
-    bentoml serve serving.service:DigitsClassifier      # 127.0.0.1:3000, model from artifacts/deploy
+The routes are a FastAPI app mounted with ``bentoml.asgi_app``: the body is read under a size limit
+and a time limit, only ``application/json`` is taken (415 otherwise), parsed once and validated by
+the modality's checks, which stop at the first problem and name it (400, ``{"error": "..."}``).
+In front of everything, admission control answers 503 with ``Retry-After`` at once when more than
+``DLOPS_MAX_INFLIGHT`` requests are in the service, so overload sheds instead of queueing.
+
+    bentoml serve serving.service:Predictor      # 127.0.0.1:3000; make serve picks the model
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import os
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, Optional
 
 import bentoml
-import numpy as np
-from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
-from serving.common import RUNNER_CONNECTION, ModelClient, install_log_filter
+from pipelines.modalities.schema import ModelMetadata, RequestError
+from serving.common import AdmissionControl, ClientErrorFilter, error_body
 from serving.limits import BodySizeLimitMiddleware
 from serving.model import LoadedModel, ModelLoadError, load_model
-from pipelines.modalities.image.serve import (HEIGHT, MAX_BODY_BYTES, MAX_IMAGES, VALUE_MAX, VALUE_MIN, WIDTH, Images,
-                             ModelMetadata, Prediction, PredictResponse)
 
-# Adaptive batching, chosen by measurement (benchmarks/serve_bench.py: 2 cores, 16 clients, 8 s,
-# one image per request). The dispatcher drops queued requests with 503 once their estimated wait
-# passes max_latency_ms, so it is a load-shedding deadline, not a wait target (the batching wait
-# adapts to the load and stays a few ms). 503 share / req/s: 10 ms 83 % / 33; 50 ms 0.3 % / 228;
-# 100 ms 0.5 % / 229; 250 ms 0 % / 225; 1000 ms 0 % / 179, ~4 requests per batch. 250 ms sheds
-# nothing at ordinary load yet still sheds a real backlog well inside the 30 s timeout.
-# max_batch_size counts images: requests are combined up to 512 images (two full requests).
-MAX_LATENCY_MS = int(os.environ.get("DLOPS_BATCH_MAX_LATENCY_MS", "250"))
-MAX_BATCH_SIZE = int(os.environ.get("DLOPS_BATCH_MAX_SIZE", "512"))
-EXPECTED_INPUT_SHAPE = [-1, 1, HEIGHT, WIDTH]
+logger = logging.getLogger("dlops.serving")
+
+MAX_INFLIGHT = int(os.environ.get("DLOPS_MAX_INFLIGHT", "64"))
+BODY_TIMEOUT_S = float(os.environ.get("DLOPS_BODY_TIMEOUT_S", "10"))
+WORKERS = int(os.environ.get("DLOPS_WORKERS", "1"))
+# Tokenizing 128 long texts takes a while: requests with more items than this run off the event loop
+INLINE_MAX_ITEMS = int(os.environ.get("DLOPS_INLINE_MAX_ITEMS", "32"))
 
 
-install_log_filter()
+def _load() -> LoadedModel:
+    """The model, or exit 1 with one line: fail fast, never a worker restart loop."""
+    try:
+        model = load_model()
+        inputs = model.requests.to_inputs(TypeAdapter(model.requests.items_type()).validate_python(
+            model.requests.example()))
+        model.run(inputs.feeds)  # warm-up: the first run allocates
+    except ModelLoadError as exc:
+        sys.stderr.write(f"error: cannot serve the model: {exc}\n")
+        raise SystemExit(1) from None
+    return model
 
 
-def _check_contract(manifest: dict[str, Any]) -> None:
-    """This API speaks 8x8 images in [0, 16]: refuse to start on a model that takes anything else."""
-    from serving.model import service_for
-
-    if manifest.get("kind") in ("tabular", "text"):
-        raise ModelLoadError(f"this is a {manifest['kind']} model: serve {service_for(manifest)}")
-    spec = manifest["input"]
-    if spec.get("shape") != EXPECTED_INPUT_SHAPE:
-        raise ModelLoadError(f"manifest input.shape {spec.get('shape')} != {EXPECTED_INPUT_SHAPE}")
-    if spec.get("value_range", [VALUE_MIN, VALUE_MAX]) != [VALUE_MIN, VALUE_MAX]:
-        raise ModelLoadError(f"manifest input.value_range {spec['value_range']} != {[VALUE_MIN, VALUE_MAX]}")
+MODEL = _load()
+MANIFEST: dict[str, Any] = MODEL.manifest
+SIDE = MODEL.requests
+FIELD = SIDE.field
+ITEMS = TypeAdapter(SIDE.items_type())
 
 
-# runner_connection: see serving/common.py (bentoml/BentoML#5540).
-@bentoml.service(name="dlops-digits-model", workers=1, traffic={"timeout": 30},
-                 runner_connection=RUNNER_CONNECTION)
-class DigitsModel:
-    """ONNX Runtime over the model named by DLOPS_MODEL_URI / DLOPS_MODEL_DIR / artifacts/deploy."""
-
-    def __init__(self) -> None:
-        self.model: LoadedModel = load_model()
-        _check_contract(self.model.manifest)
-        self.model.predict_proba(np.zeros((2, 1, HEIGHT, WIDTH), np.float32))  # warm-up
-
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities, float32 [n, classes], for float32 images [n, 1, 8, 8]."""
-        if images.ndim != 4 or list(images.shape[1:]) != EXPECTED_INPUT_SHAPE[1:]:
-            raise bentoml.exceptions.InvalidArgument(f"expected [n, 1, 8, 8] images, got {list(images.shape)}")
-        return self.model.predict_proba(np.ascontiguousarray(images, dtype=np.float32))
-
-    @bentoml.api
-    def manifest(self) -> dict[str, Any]:
-        """The served model's manifest plus where it was loaded from: one source of truth for the API
-        process (in registry mode a second download could resolve the alias to another version)."""
-        return {**self.model.manifest, "source": self.model.source}
+def _public_source(source: str) -> str:
+    """Where the model came from, without this machine's absolute paths."""
+    return source if "://" in source or source.startswith("models:") else f"directory {Path(source).name}"
 
 
-web = FastAPI(title="dlops digits", docs_url=None, redoc_url=None, openapi_url=None)
+# ---------------------------------------------------------------- schemas (from the plug-ins)
+
+Prediction = create_model("Prediction", **MODEL.task.prediction_fields(MANIFEST), **SIDE.extra_fields())
+Notes = create_model("Notes", **SIDE.notes_fields())
+PredictResponse = create_model(
+    "PredictResponse",
+    model_name=(str, ...), model_version=(Optional[str], ...), model_alias=(Optional[str], ...),
+    task=(str, Field(description="the model's task")), target=(Optional[str], Field(description="what is predicted")),
+    **MODEL.task.response_fields(MANIFEST),
+    predictions=(list[Prediction], Field(description="one per item, in request order")),
+    notes=(Notes, Field(description="about the request as a whole")),
+)
+PredictRequest = create_model("PredictRequest", __config__=ConfigDict(extra="forbid"),
+                              **{FIELD: (SIDE.items_type(), ...)})
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong, naming the item and field at fault")
+
+
+class Metadata(ModelMetadata):
+    """/metadata: identity, quality, lineage and input contract of the served model."""
+
+    kind: str
+    target: Optional[str] = None
+    primary_metric: Optional[str] = None
+    decision_threshold: Optional[float] = None
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """``schema`` with its ``#/$defs/...`` references replaced by the definitions (none are recursive)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            return _inline(defs[ref.rsplit("/", 1)[1]], defs)
+        return {k: _inline(v, defs) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, defs) for v in schema]
+    return schema
+
+
+def _request_schema() -> dict[str, Any]:
+    """The request body's JSON schema, self-contained (the route parses the body itself, for speed and
+    control, so FastAPI does not generate it; BentoML merges the route's spec into /docs.json)."""
+    schema = PredictRequest.model_json_schema()
+    return _inline(schema, schema.get("$defs", {}))
+
+
+ERRORS = {400: "invalid request (the message names the item and field)", 408: "the body did not arrive in time",
+          413: "body over the size limit", 415: "content type other than application/json",
+          503: "overloaded: retry after the Retry-After header's seconds"}
+
+
+# ---------------------------------------------------------------- the app
+
+
+web = FastAPI(title=f"dlops {MANIFEST.get('kind') or 'image'} {MANIFEST.get('task')}", docs_url=None,
+              redoc_url=None, openapi_url=None)
+
+
+def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+def _bad(message: str, status: int = 400) -> Response:
+    rejected.labels(reason=str(status)).inc()
+    logger.info("POST /predict rejected (%d): %s", status, message[:200])
+    return _json(error_body(message), status)
+
+
+async def _read_json(request: Request) -> Any | Response:
+    """The parsed body, or the 4xx response that says why there is none."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        return _bad(f"content type {content_type or 'missing'!r}: send application/json", 415)
+    try:
+        body = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return _bad(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", 408)
+    try:
+        # stdlib json: NaN/Infinity literals parse, so the checks can name where they are
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
+        return _bad(f"Invalid JSON: {str(exc)[:200]}")
+
+
+def _items(payload: Any) -> Any | Response:
+    if not isinstance(payload, dict):
+        return _bad(f"Input should be an object with one field {FIELD!r}")
+    if FIELD not in payload:
+        return _bad(f"{FIELD}: Field required")
+    extra = [k for k in payload if k != FIELD]
+    if extra:
+        return _bad(f"{str(extra[0])[:60]}: unknown field (the body has one field, {FIELD!r})")
+    try:
+        return ITEMS.validate_python(payload[FIELD])
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _bad(first["msg"] if first["type"].startswith("invalid_") or not where else f"{FIELD}.{where}: {first['msg']}")
+    except (TypeError, ValueError, OverflowError) as exc:
+        return _bad(f"{FIELD}: {exc}")
+
+
+def _predict(items: Any) -> dict[str, Any]:
+    inputs = SIDE.to_inputs(items)
+    rows, fields = MODEL.task.respond(MODEL.run(inputs.feeds), MANIFEST)
+    if inputs.extras:
+        rows = [{**row, **extra} for row, extra in zip(rows, inputs.extras)]
+    for note, counts in inputs.notes.items():
+        if isinstance(counts, dict):
+            for key, n in counts.items():
+                input_notes.labels(note=note, key=key).inc(n)
+        elif isinstance(counts, int) and not isinstance(counts, bool) and counts and note != "max_len":
+            input_notes.labels(note=note, key="").inc(counts)
+    return {"model_name": MANIFEST["model_name"], "model_version": MANIFEST["version"],
+            "model_alias": MANIFEST["alias"], "task": MANIFEST.get("task"), "target": MANIFEST.get("target"),
+            **fields, "predictions": rows, "notes": inputs.notes}
+
+
+@web.post("/predict", response_model=PredictResponse, tags=["Service APIs"],
+          responses={code: {"model": ErrorBody, "description": text} for code, text in ERRORS.items()},
+          openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+              "schema": _request_schema()}}}})
+async def predict(request: Request) -> Response:
+    """Predict 1 or more items (see the request schema for the limits)."""
+    payload = await _read_json(request)
+    if isinstance(payload, Response):
+        return payload
+    items = _items(payload)
+    if isinstance(items, Response):
+        return items
+    try:
+        if len(items) > INLINE_MAX_ITEMS:
+            result = await asyncio.to_thread(_predict, items)
+        else:
+            result = _predict(items)
+    except RequestError as exc:
+        return _bad(str(exc))
+    return _json(result)
+
+
+@web.get("/metadata", response_model=Metadata, tags=["Service APIs"])
+async def metadata() -> Response:
+    """Identity, metrics, lineage and input contract of the served model (from its manifest)."""
+    m = MANIFEST
+    return _json(Metadata(
+        model_name=m["model_name"], version=m["version"], alias=m["alias"], alias_reason=m.get("alias_reason"),
+        kind=m.get("kind") or "image", task=m.get("task"), target=m.get("target"), classes=m.get("classes") or [],
+        primary_metric=m.get("primary_metric"), decision_threshold=m.get("decision_threshold"), metrics=m["metrics"],
+        lineage={k: m.get(k) for k in ("run_id", "data_hash", "git_sha", "onnx_sha256")},
+        input=m["input"], output=m["output"], bento_tag=m.get("bento_tag"), created_at=m.get("created_at"),
+        source=_public_source(MODEL.source), limits=SIDE.limits()).model_dump())
+
+
+@web.get("/docs", include_in_schema=False)
+async def docs() -> RedirectResponse:
+    """Swagger UI lives at / in BentoML; /docs is where people look for it."""
+    return RedirectResponse("/")
+
+
+rejected = bentoml.metrics.Counter(name="dlops_rejected_requests", documentation="Requests answered 4xx/503, by status",
+                                   labelnames=["reason"])
+input_notes = bentoml.metrics.Counter(
+    name="dlops_input_notes", labelnames=["note", "key"],
+    documentation="What requests held that the model treats specially: missing values and unknown categories "
+                  "per column (tables), texts cut to max_len (texts)")
 
 
 @bentoml.service(
-    name="dlops-digits",
-    workers=1,
+    name="dlops",
+    workers=WORKERS,
     # loopback by default (BentoML binds 0.0.0.0); `bentoml serve --host 0.0.0.0` or a container opens it up
     http={"host": "127.0.0.1", "port": 3000},
     traffic={"timeout": 30},
 )
 @bentoml.asgi_app(web, path="/")
-class DigitsClassifier(ModelClient):
-    """Handwritten-digit classifier (scikit-learn digits, 8x8 images, raw pixel values 0..16)."""
+class Predictor:
+    """The deployed model behind POST /predict and GET /metadata (ONNX Runtime in this process)."""
 
-    model = bentoml.depends(DigitsModel)
+    def __init__(self) -> None:
+        self.model = MODEL
 
-    @bentoml.api(route="/predict")
-    async def predict(self, images: Images) -> PredictResponse:
-        """Classify 1 to 256 images of 8x8 raw pixel values in [0, 16]."""
-        manifest = await self._get_manifest()
-        batch = np.asarray(images, dtype=np.float32).reshape(-1, 1, HEIGHT, WIDTH)
-        probs = np.asarray(await self.call_model("infer", batch))
-        classes = manifest["classes"]
-        best = probs.argmax(axis=1)
-        predictions = [
-            Prediction(label=classes[k], class_index=int(k), probability=float(p[k]), probabilities=p.tolist())
-            for k, p in zip(best, probs)
-        ]
-        return PredictResponse(model_name=manifest["model_name"], model_version=manifest["version"],
-                               model_alias=manifest["alias"], classes=classes, predictions=predictions)
-
-    @web.get("/metadata", response_model=ModelMetadata, tags=["Service APIs"])
-    async def metadata(self) -> ModelMetadata:
-        """Identity, metrics, lineage and input schema of the served model (from its manifest)."""
-        m = await self._get_manifest()
-        return ModelMetadata(
-            model_name=m["model_name"], version=m["version"], alias=m["alias"],
-            alias_reason=m.get("alias_reason"), task=m.get("task"), classes=m["classes"],
-            metrics=m["metrics"],
-            lineage={k: m.get(k) for k in ("run_id", "data_hash", "git_sha", "onnx_sha256")},
-            input=m["input"], output=m["output"], bento_tag=m.get("bento_tag"),
-            created_at=m.get("created_at"), source=m["source"],
-            limits={"max_images": MAX_IMAGES, "max_body_bytes": MAX_BODY_BYTES},
-        )
-
-    @web.get("/docs", include_in_schema=False)
-    async def docs(self) -> RedirectResponse:
-        """Swagger UI lives at / in BentoML; /docs is where people look for it."""
-        return RedirectResponse("/")
+    async def __is_ready__(self) -> bool:
+        return self.model is not None
 
 
-DigitsClassifier.add_asgi_middleware(BodySizeLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
+Predictor.add_asgi_middleware(BodySizeLimitMiddleware, max_bytes=SIDE.max_body_bytes)
+Predictor.add_asgi_middleware(AdmissionControl, max_inflight=MAX_INFLIGHT, paths=("/predict",))

@@ -129,15 +129,15 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, port: int, bentoml_home: Path, log_path: Path,
                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``bentoml serve`` of the service the manifest calls for (digits, tabular, text) on 127.0.0.1:port,
+    """``bentoml serve`` of the one service over ``model_dir`` on 127.0.0.1:port,
     in its own process group (for killpg)."""
     env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "DLOPS_MODEL_DIR": str(model_dir),
            "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
     env.pop("DLOPS_MODEL_URI", None)
     root = Path(__file__).resolve().parents[1]
-    from serving.model import read_manifest, service_for
+    from serving.model import SERVICE
 
-    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", service_for(read_manifest(model_dir)),
+    cmd = [str(Path(sys.executable).parent / "bentoml"), "serve", SERVICE,
            "--host", "127.0.0.1", "--port", str(port)]
     with log_path.open("wb") as log:
         return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,

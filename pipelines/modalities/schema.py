@@ -36,3 +36,60 @@ class ModelMetadata(BaseModel):
     created_at: Optional[str] = None
     source: str
     limits: dict[str, int]
+
+
+class RequestError(ValueError):
+    """A request the model cannot take (answered 400 with this message)."""
+
+
+class Inputs:
+    """What a request side makes of validated items: the graph inputs, one dict of extra fields per
+    item (merged into its prediction), and notes about the whole request (in the response)."""
+
+    __slots__ = ("feeds", "extras", "notes")
+
+    def __init__(self, feeds: dict[str, Any], extras: list[dict[str, Any]] | None = None,
+                 notes: dict[str, Any] | None = None) -> None:
+        self.feeds, self.extras, self.notes = feeds, extras, notes or {}
+
+
+class RequestSide:
+    """A modality's side of the service: the JSON body's one field, the validated type of its items,
+    and the one raw-request -> graph-input function (the same code training used, or the graph
+    itself holds the preprocessing). Built once per service from the deployed manifest."""
+
+    field: str = ""
+    max_items: int = 1
+    max_body_bytes: int = MAX_BODY_BYTES
+
+    def __init__(self, manifest: dict[str, Any], model_dir: Any) -> None:
+        self.manifest = manifest
+        self.input_name = manifest["input"].get("name", "input")
+
+    def items_type(self) -> Any:
+        """The type of ``body[field]`` (pydantic): validation and the /docs schema."""
+        raise NotImplementedError
+
+    def check(self, session: Any) -> None:
+        """Refuse (``ValueError``) a graph whose inputs do not match the manifest's contract."""
+        inputs = [i.name for i in session.get_inputs()]
+        if inputs != [self.input_name]:
+            raise ValueError(f"graph inputs {inputs} do not match the manifest's input {self.input_name!r}")
+
+    def to_inputs(self, items: Any) -> Inputs:
+        raise NotImplementedError
+
+    def extra_fields(self) -> dict[str, Any]:
+        """Per-prediction fields this side adds: name -> (type, pydantic Field)."""
+        return {}
+
+    def notes_fields(self) -> dict[str, Any]:
+        """Request-level notes: name -> (type, pydantic Field)."""
+        return {}
+
+    def example(self) -> list[Any]:
+        """Two valid items (a warm-up request, and the /docs example)."""
+        raise NotImplementedError
+
+    def limits(self) -> dict[str, int]:
+        return {f"max_{self.field}": self.max_items, "max_body_bytes": self.max_body_bytes}

@@ -40,6 +40,12 @@ def decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
+def served_threshold(manifest: dict[str, Any]) -> float | None:
+    """The decision threshold a binary model was deployed with (None: argmax)."""
+    classes = manifest.get("classes") or []
+    return manifest.get("decision_threshold") if len(classes) == 2 else None
+
+
 def tune_threshold(y_val: np.ndarray, p_val: np.ndarray, objective: str) -> tuple[float, float]:
     """Binary decision threshold on P(positive) that maximises ``objective`` on validation."""
     from sklearn.metrics import balanced_accuracy_score, f1_score
@@ -222,6 +228,34 @@ class Classification(Task):
         return [{"row": int(i), "actual": classes[y[i]], "predicted": classes[pred[i]],
                  "score": round(float(proba[i, pred[i]]), 4)} for i in wrong]
 
+    # ------------------------------------------------------------ serve
+
+    def prediction_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import Field
+
+        return {"label": (str, Field(description="the predicted class")),
+                "class_index": (int, Field(description="index of `label` in `classes`")),
+                "probability": (float, Field(description="probability of `label`")),
+                "probabilities": (list[float], Field(description="one per class, in the order of `classes`"))}
+
+    def response_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        from typing import Optional
+
+        from pydantic import Field
+
+        return {"classes": (list[str], Field(description="the model's classes")),
+                "decision_threshold": (Optional[float], Field(
+                    description="binary: `label` is classes[1] iff its probability >= this; null: the most "
+                                "probable class"))}
+
+    def respond(self, outputs: np.ndarray, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        classes, threshold = manifest["classes"], served_threshold(manifest)
+        probs = softmax(outputs.astype(np.float64))
+        best = decide(probs, threshold)
+        rows = [{"label": classes[k], "class_index": int(k), "probability": float(p[k]), "probabilities": p.tolist()}
+                for k, p in zip(best.tolist(), probs)]
+        return rows, {"classes": classes, "decision_threshold": threshold}
+
 
 def _png(y: np.ndarray, pred: np.ndarray, classes: list[str], fpr: np.ndarray, tpr: np.ndarray,
          recall: np.ndarray, precision: np.ndarray, path: Path) -> None:
@@ -246,4 +280,3 @@ def _png(y: np.ndarray, pred: np.ndarray, classes: list[str], fpr: np.ndarray, t
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-

@@ -136,6 +136,17 @@ class Regression(Task):
         return float(target_state["scaler"]["std"])
 
 
+    # ------------------------------------------------------------ serve
+
+    def prediction_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        from pydantic import Field
+
+        return {"value": (float, Field(description="the predicted target, in its own units"))}
+
+    def respond(self, outputs: np.ndarray, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return [{"value": float(v)} for v in outputs.reshape(len(outputs), -1)[:, 0].tolist()], {}
+
+
 def _png(y: np.ndarray, pred: np.ndarray, path: Path) -> None:
     import matplotlib
 

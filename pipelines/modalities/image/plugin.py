@@ -48,7 +48,7 @@ def random_shift(x: Any, max_shift: int = 1) -> Any:
 @register_modality
 class Images(Modality):
     name = "image"
-    service = "serving.service:DigitsClassifier"
+    request_side = "pipelines.modalities.image.serve:ImageRequests"
 
     def claims(self, data: DataParams) -> bool:
         return not data.text and source_modality(data.source) == self.name

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 @register_modality
 class Tables(Modality):
     name = "tabular"
-    service = "serving.tabular:TabularPredictor"
+    request_side = "pipelines.modalities.tabular.serve:RecordRequests"
 
     def claims(self, data: DataParams) -> bool:
         return not data.text and source_modality(data.source) == self.name

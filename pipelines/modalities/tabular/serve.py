@@ -1,5 +1,5 @@
-"""Request/response schemas of the tabular service, generated from the model's training schema, the
-record -> ONNX input conversion, and ``normalize``: the one raw value -> model value rule that
+"""The tabular modality's request side: the request schema generated from the model's training
+schema, the record -> ONNX input conversion (``RecordRequests``), and ``normalize``: the one raw value -> model value rule that
 collect (``infer.py``) and the service share.
 
 ``normalize(value, kind)`` maps one raw cell of a column to what the model sees, so a row sent as
@@ -17,7 +17,7 @@ the raw file has it gets the pipeline's own prediction:
 ``records_type(columns)`` builds the request type from the manifest's ``input.columns``: one
 required, nullable field per column (numeric: a finite number or a numeric string; categorical: a
 string, an integer, a finite number or a boolean, as the raw file had it; the train categories are
-listed in the field's description and ``x-categories``). As in serving/schemas.py,
+listed in the field's description and ``x-categories``). As for images,
 ``check_records`` first walks the raw JSON and stops at the first problem, so every error names one
 record and one field, and hands the ``Record`` model the normalised values; the typed model then
 documents the schema (/docs.json).
@@ -37,13 +37,13 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model
 from pydantic_core import PydanticCustomError
 
-from pipelines.modalities.schema import MAX_BODY_BYTES, ModelMetadata, describe as _describe
+from pipelines.modalities.schema import MAX_BODY_BYTES, Inputs, RequestSide, describe as _describe
 
 MAX_RECORDS = 1024  # per request; a 20-column record is ~0.5 KB of JSON, far below the body limit
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 __all__ = ["MAX_BODY_BYTES", "MAX_RECORDS", "NA_TEXTS", "normalize", "records_type", "check_records", "tally", "to_rows",
-           "feeds", "decide", "RecordPrediction", "Notes", "TabularPredictResponse", "TabularMetadata"]
+           "feeds", "RecordRequests"]
 
 
 # ---------------------------------------------------------------- raw value -> model value (shared with collect)
@@ -254,45 +254,52 @@ def feeds(rows: list[list[Any]], columns: list[dict[str, Any]]) -> dict[str, np.
     return out
 
 
-def decide(probs: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Class index per row: binary with a tuned threshold, classes[1] iff P(classes[1]) >= it; else argmax."""
-    if threshold is not None and probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(int)
-    return probs.argmax(axis=1)
+# ONNX input type of each column type (NaN / "" mean missing)
+GRAPH_TYPES = {"numeric": "tensor(float)", "categorical": "tensor(string)"}
 
 
-class RecordPrediction(BaseModel):
-    label: Optional[str] = Field(None, description="classification: the predicted class")
-    probability: Optional[float] = Field(None, description="classification: probability of `label`")
-    probabilities: Optional[list[float]] = Field(None, description="classification: one per class, in the "
-                                                                    "order of `classes`")
-    value: Optional[float] = Field(None, description="regression: the predicted target, in its own units")
+class RecordRequests(RequestSide):
+    """``{"records": [...]}``: one object per row keyed by the training columns, values as the raw file
+    had them (normalised here exactly as collect did); the graph holds the fitted preprocessing."""
 
+    field = "records"
+    max_items = MAX_RECORDS
 
-class Notes(BaseModel):
-    missing_values: dict[str, int] = Field(description="nulls per column, sent to the missing bucket")
-    unknown_categories: dict[str, int] = Field(description="categories unseen in training per column, sent to "
-                                                           "the unknown bucket")
+    def __init__(self, manifest: dict[str, Any], model_dir: Any) -> None:
+        super().__init__(manifest, model_dir)
+        spec = manifest["input"]
+        columns = spec.get("columns") if isinstance(spec, dict) else None
+        if spec.get("kind") != "records" or not isinstance(columns, list) or not columns:
+            raise ValueError(f"tabular input must be {{'kind': 'records', 'columns': [...]}}, got {spec}")
+        for i, col in enumerate(columns):
+            ok = isinstance(col, dict) and isinstance(col.get("name"), str) and col.get("type") in GRAPH_TYPES
+            if ok and col["type"] == "categorical":
+                ok = isinstance(col.get("categories"), list) and all(isinstance(c, str) for c in col["categories"])
+            if not ok:
+                raise ValueError(f"input.columns[{i}] must be {{name, type: numeric|categorical, categories "
+                                 f"(categorical)}}, got {col}")
+        if len({c["name"] for c in columns}) != len(columns):
+            raise ValueError("input.columns has duplicate names")
+        self.columns = columns
 
+    def items_type(self) -> Any:
+        return records_type(self.columns)
 
-class TabularPredictResponse(BaseModel):
-    model_name: str
-    model_version: Optional[str]
-    model_alias: Optional[str]
-    task: str
-    target: Optional[str]
-    classes: Optional[list[str]]
-    decision_threshold: Optional[float] = Field(description="binary: `label` is classes[1] iff its probability "
-                                                            ">= this; null: the most probable class")
-    predictions: list[RecordPrediction]
-    notes: Notes
+    def check(self, session: Any) -> None:
+        got = {i.name: i.type for i in session.get_inputs()}
+        want = {c["name"]: GRAPH_TYPES[c["type"]] for c in self.columns}
+        if got != want:
+            raise ValueError(f"graph inputs {got} do not match the manifest's columns {want}")
 
+    def to_inputs(self, items: Any) -> Inputs:
+        rows = to_rows(items, self.columns)
+        missing, unknown = tally(rows, self.columns)
+        return Inputs(feeds(rows, self.columns), notes={"missing_values": missing, "unknown_categories": unknown})
 
-class TabularMetadata(ModelMetadata):
-    """What /metadata returns: identity, quality, lineage and input schema of the served model."""
+    def notes_fields(self) -> dict[str, Any]:
+        return {"missing_values": (dict[str, int], Field(description="nulls per column, sent to the missing bucket")),
+                "unknown_categories": (dict[str, int], Field(description="categories unseen in training per "
+                                                                         "column, sent to the unknown bucket"))}
 
-    kind: str
-    task: str
-    target: Optional[str]
-    classes: Optional[list[str]]
-    decision_threshold: Optional[float]
+    def example(self) -> list[Any]:
+        return [{c["name"]: None for c in self.columns}] * 2

@@ -33,7 +33,7 @@ TOKENIZER = "tokenizer.json"
 @register_modality
 class Texts(Modality):
     name = "text"
-    service = "serving.text:TextClassifier"
+    request_side = "pipelines.modalities.text.serve:TextRequests"
 
     def claims(self, data: DataParams) -> bool:
         return bool(data.text)

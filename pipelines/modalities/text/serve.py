@@ -1,6 +1,7 @@
-"""Request/response schemas of the text service, and the padding-column trim its batched model call uses.
+"""The text modality's request side (``TextRequests``): raw texts validated, tokenized with the
+model's own tokenizer and trimmed of all-padding columns.
 
-As in serving/schemas.py, ``check_texts`` walks the raw JSON first and stops at the first problem, so
+As for images, ``check_texts`` walks the raw JSON first and stops at the first problem, so
 an error names one text by its index and the response stays small however bad the request is; the
 typed field then documents the schema (/docs.json). A text longer than the model's ``max_len`` tokens
 is not an error: it is truncated (as in training) and the response says so.
@@ -8,13 +9,13 @@ is not an error: it is truncated (as in training) and the response says so.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, Field, ValidationError
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
-from pipelines.modalities.schema import ModelMetadata, describe as _describe
+from pipelines.modalities.schema import Inputs, RequestError, RequestSide, describe as _describe
 
 MAX_TEXTS = 128  # per request
 MAX_TEXT_CHARS = 10_000  # per text: far past any max_len in tokens, and it bounds tokenizer work
@@ -24,8 +25,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 PAD_ID = 0
 MIN_WIDTH = 2  # columns kept by trim_padding (see there)
 
-__all__ = ["MAX_BODY_BYTES", "MAX_TEXTS", "MAX_TEXT_CHARS", "Texts", "check_texts", "no_tokens_error",
-           "trim_padding", "TextPrediction", "TextNotes", "TextPredictResponse", "TextMetadata"]
+__all__ = ["MAX_BODY_BYTES", "MAX_TEXTS", "MAX_TEXT_CHARS", "Texts", "check_texts", "trim_padding", "TextRequests"]
 
 
 def _fail(where: str, problem: str, shown: str = "") -> PydanticCustomError:
@@ -50,14 +50,6 @@ def check_texts(texts: Any) -> Any:
     return texts
 
 
-def no_tokens_error(index: int) -> ValidationError:
-    """A 400 for a text the tokenizer reduces to nothing (e.g. only control characters): raised from the
-    API method after encoding, as a ValidationError so it is answered and logged like the others."""
-    error = _fail(f"texts[{index}]", "no tokens after tokenization (only characters the tokenizer drops)")
-    return ValidationError.from_exception_data(
-        "texts", [InitErrorDetails(type=error, loc=("texts", index), input="...")])
-
-
 Texts = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]],
     BeforeValidator(check_texts),
@@ -70,42 +62,79 @@ Texts = Annotated[
 
 
 def trim_padding(ids: np.ndarray) -> np.ndarray:
-    """Drop the trailing columns that are padding in every row. Every request is padded to max_len so
-    BentoML can concatenate them; the model's output does not depend on trailing padding, so a batch of
-    short texts runs on a short tensor. At least 2 columns stay: torch.export traces a dynamic axis as
+    """Drop the trailing columns that are padding in every row: the model's output does not depend on
+    trailing padding, so short texts run on a short tensor. At least 2 columns stay: torch.export traces a dynamic axis as
     >= 2 and deploy's parity check runs widths >= 2 only, so a width of 1 is never trusted."""
     used = np.flatnonzero((ids != PAD_ID).any(axis=0))
     width = max(int(used[-1]) + 1 if used.size else 0, MIN_WIDTH)
     return np.ascontiguousarray(ids[:, :width])
 
 
-class TextPrediction(BaseModel):
-    label: str = Field(description="the predicted class")
-    probability: float = Field(description="probability of `label`")
-    probabilities: list[float] = Field(description="one per class, in the order of `classes`")
-    tokens: int = Field(description="tokens the model read (at most max_len)")
-    truncated: bool = Field(description="the text had more than max_len tokens: only the first max_len were read")
+class TextRequests(RequestSide):
+    """``{"texts": [...]}``: raw texts, tokenized by ``encode.encode`` with the model's own
+    ``tokenizer.json`` (the function and file split used), cut to max_len (flagged per text)."""
 
+    field = "texts"
+    max_items = MAX_TEXTS
+    max_body_bytes = MAX_BODY_BYTES
 
-class TextNotes(BaseModel):
-    truncated: int = Field(description="texts in this request cut to max_len tokens")
-    max_len: int = Field(description="the model's input length in tokens")
+    def __init__(self, manifest: dict[str, Any], model_dir: Any) -> None:
+        from pathlib import Path
 
+        from pipelines.files import sha256_file
+        from pipelines.modalities.text.encode import load_tokenizer
 
-class TextPredictResponse(BaseModel):
-    model_name: str
-    model_version: Optional[str]
-    model_alias: Optional[str]
-    classes: list[str]
-    decision_threshold: Optional[float] = Field(description="binary: `label` is classes[1] iff its probability "
-                                                            ">= this; null: the most probable class")
-    predictions: list[TextPrediction]
-    notes: TextNotes
+        super().__init__(manifest, model_dir)
+        spec = manifest["input"]
+        max_len = spec.get("max_len") if isinstance(spec, dict) else None
+        if (not isinstance(spec, dict) or spec.get("kind") != "texts" or spec.get("dtype") != "int64"
+                or type(max_len) is not int or max_len < 1 or not isinstance(spec.get("tokenizer"), str)
+                or not isinstance(spec.get("tokenizer_sha256"), str)):
+            raise ValueError(f"text input must be {{'kind': 'texts', 'name', 'dtype': 'int64', 'max_len' >= 1, "
+                             f"'tokenizer', 'tokenizer_sha256'}}, got {spec}")
+        path = Path(model_dir) / spec["tokenizer"]
+        if not path.is_file():
+            raise ValueError(f"{path}: tokenizer named by the manifest not found")
+        digest = sha256_file(path)
+        if digest != spec["tokenizer_sha256"]:
+            raise ValueError(f"{path}: sha256 {digest} != manifest tokenizer_sha256 {spec['tokenizer_sha256']}")
+        self.tokenizer = load_tokenizer(path)  # ValueError unless <pad> is 0 and <unk> 1
+        self.max_len = max_len
 
+    def items_type(self) -> Any:
+        return Texts
 
-class TextMetadata(ModelMetadata):
-    """What /metadata returns: identity, quality, lineage and input contract of the served model."""
+    def check(self, session: Any) -> None:
+        inputs = session.get_inputs()
+        if [i.name for i in inputs] != [self.input_name] or inputs[0].type != "tensor(int64)":
+            raise ValueError(f"graph inputs {[(i.name, i.type) for i in inputs]} do not match the manifest's "
+                             f"int64 {self.input_name!r}")
+        if len(inputs[0].shape) != 2 or any(isinstance(d, int) for d in inputs[0].shape):
+            raise ValueError(f"input shape {inputs[0].shape}: both axes (batch, seq) must be dynamic")
 
-    kind: str
-    task: str
-    decision_threshold: Optional[float]
+    def to_inputs(self, items: Any) -> Inputs:
+        from pipelines.modalities.text.encode import encode
+
+        ids, lengths, truncated = encode(self.tokenizer, items, self.max_len)
+        empty = np.flatnonzero(lengths == 0)
+        if empty.size:
+            raise RequestError(f"texts[{int(empty[0])}]: no tokens after tokenization (only characters the "
+                               "tokenizer drops)")
+        extras = [{"tokens": int(n), "truncated": bool(t)} for n, t in zip(lengths, truncated)]
+        return Inputs({self.input_name: trim_padding(ids)}, extras,
+                      {"truncated": int(truncated.sum()), "max_len": self.max_len})
+
+    def extra_fields(self) -> dict[str, Any]:
+        return {"tokens": (int, Field(description="tokens the model read (at most max_len)")),
+                "truncated": (bool, Field(description="the text had more than max_len tokens: only the first "
+                                                      "max_len were read"))}
+
+    def notes_fields(self) -> dict[str, Any]:
+        return {"truncated": (int, Field(description="texts in this request cut to max_len tokens")),
+                "max_len": (int, Field(description="the model's input length in tokens"))}
+
+    def example(self) -> list[Any]:
+        return ["这部电影太好看了", "worst purchase ever"]
+
+    def limits(self) -> dict[str, int]:
+        return {**super().limits(), "max_text_chars": MAX_TEXT_CHARS, "max_len": self.max_len}
