@@ -44,5 +44,7 @@ clean:
 # BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
 # DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion (with MLFLOW_TRACKING_URI) serve
 # another model; one service speaks every kind. A model it cannot load stops it at once with one line.
+# Its own BENTOML_HOME (a temp dir, removed on exit): /metrics shows only this service's series.
 serve: install
-	BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:Predictor --host 127.0.0.1 --port 3000
+	home=$$(mktemp -d -t dlops-serve-XXXXXX) && trap 'rm -rf "$$home"' EXIT INT TERM && \
+	BENTOML_HOME=$$home BENTOML_DO_NOT_TRACK=true $(BIN)/bentoml serve serving.service:Predictor --host 127.0.0.1 --port 3000

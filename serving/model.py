@@ -96,14 +96,18 @@ def _download_from_registry(uri: str) -> Path:
     import atexit
     import shutil
 
+    # fail fast: MLflow's defaults retry an unreachable server for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     import mlflow
 
     target = Path(tempfile.mkdtemp(prefix="dlops-model-"))
     atexit.register(shutil.rmtree, target, ignore_errors=True)  # what was downloaded goes at shutdown
     logger.info("downloading %s into %s", uri, target)
     try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
-        identity = _registry_identity(uri)
+        tracking = os.environ["MLFLOW_TRACKING_URI"]  # explicit: a process-wide mlflow.set_tracking_uri must not win
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target), tracking_uri=tracking))
+        identity = _registry_identity(uri, tracking)
     except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: one line, not a traceback
         shutil.rmtree(target, ignore_errors=True)
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -137,14 +141,14 @@ def _gather_named_files(uri: str, root: Path, model_dir: Path, manifest: dict[st
         shutil.copyfile(found[0], model_dir / name)
 
 
-def _registry_identity(uri: str) -> dict[str, Any]:
+def _registry_identity(uri: str, tracking_uri: str) -> dict[str, Any]:
     """``version``/``alias`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
     if not uri.startswith("models:/"):
         return {}
     from mlflow.tracking import MlflowClient
 
     ref = uri.removeprefix("models:/").rstrip("/")
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if "@" in ref:
         name, alias = ref.split("@", 1)
         return {"version": str(client.get_model_version_by_alias(name, alias).version), "alias": alias}

@@ -129,3 +129,37 @@ def test_service_loads_champion_from_registry(workdir, digits_split, registry, m
     assert loaded.manifest["onnx_sha256"] == local["onnx_sha256"]  # the same bytes as exported
     X = np.random.default_rng(0).uniform(0, 16, (3, 1, 8, 8)).astype(np.float32)
     assert loaded.predict_proba(X).shape == (3, 10)
+
+
+def test_registry_mode_downloads_once_and_cleans_up(workdir, digits_split, registry, monkeypatch):
+    """A process serving models:/...@champion downloads once (workers reuse it through the env) and the
+    download is gone when the process exits; without a reachable registry: one clear line, fast."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from serving.model import RESOLVED_DIR, ModelLoadError, resolve_model_dir
+
+    _set_eval(workdir, 0.95, True)
+    _deploy(workdir, digits_split, "digits-once")
+    uri = "models:/digits-once@champion"
+    code = ("import os; from serving.model import load_model, RESOLVED_DIR; a = load_model(); b = load_model(); "
+            "print(os.environ[RESOLVED_DIR], a.manifest['version'], b.source)")
+    env = {**os.environ, "DLOPS_MODEL_URI": uri}  # MLFLOW_TRACKING_URI: the registry fixture's store
+    env.pop(RESOLVED_DIR, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    model_dir, version, source = out.stdout.split()
+    assert version == "1" and source == uri
+    assert not Path(model_dir).exists()  # removed at exit
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(ModelLoadError, match=rf"^{uri}: set MLFLOW_TRACKING_URI"):
+        resolve_model_dir({"DLOPS_MODEL_URI": uri})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match=rf"^{uri}: cannot load from the MLflow registry at http://127.0.0.1:9: "):
+        resolve_model_dir({"DLOPS_MODEL_URI": uri})
+    assert time.monotonic() - started < 15
