@@ -162,8 +162,6 @@ def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -
 
 def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """SIGTERM the server's process group (arbiter + workers), SIGKILL if it lingers."""
-
-
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -174,16 +172,18 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def serving(model_dir: Path, work: Path, timeout: float = 90.0) -> Iterator[dict[str, Any]]:
+def serving(model_dir: Path, work: Path, timeout: float = 90.0,
+            extra_env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """A ready ``bentoml serve`` of ``model_dir`` on a free 127.0.0.1 port, stopped on exit;
-    yields ``{"url", "log", "proc"}`` and prints the server log's tail if it never got ready."""
+    yields ``{"url", "port", "log", "proc"}`` and prints the server log's tail if it never got ready.
+    ``extra_env``: settings for the server (``DLOPS_MAX_INFLIGHT``, ``DLOPS_BODY_TIMEOUT_S``...)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
-    proc = start_server(model_dir, port, work / "bentoml_home", log)
+    proc = start_server(model_dir, port, work / "bentoml_home", log, extra_env)
     try:
         wait_ready(proc, url, timeout=timeout)
-        yield {"url": url, "log": log, "proc": proc}
+        yield {"url": url, "port": port, "log": log, "proc": proc}
     except Exception:
         print(log.read_text()[-5000:])
         raise

@@ -38,7 +38,7 @@ import pytest
 
 from models.registry import create_model, get_model_class, list_models
 from pipelines.data import load_split, preprocess_state
-from pipelines.files import read_json, sha256_file
+from pipelines.files import read_json
 from pipelines.plugins import get_modality, get_task, list_modalities, list_tasks
 from tests.conftest import make_params
 
@@ -240,16 +240,10 @@ def test_design_refuses_incompatible(case: Case, arch: str, prepared: Callable, 
 # ---------------------------------------------------------------- one epoch -> deploy -> request round trip
 
 
-def image_feeds(manifest: dict[str, Any], split_dir: Path, deploy_dir: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """As serving/service.py: validated ``Images`` -> float32 ``[n, 1, 8, 8]``."""
-    from pydantic import TypeAdapter
-
-    from pipelines.modalities.image.serve import HEIGHT, WIDTH, Images
-
+def image_items(split_dir: Path, rows: np.ndarray) -> list[Any]:
+    """Raw pixel values, no client-side scaling: single-channel images as nested lists."""
     raw = load_split(split_dir, "test", preprocess=False)[0][rows]
-    body = json.dumps([image[0].tolist() for image in raw])  # raw pixel values, no client-side scaling
-    images = TypeAdapter(Images).validate_json(body)
-    return {manifest["input"]["name"]: np.asarray(images, dtype=np.float32).reshape(-1, 1, HEIGHT, WIDTH)}
+    return [image[0].tolist() for image in raw]
 
 
 def _plain(value: Any) -> Any:
@@ -259,40 +253,34 @@ def _plain(value: Any) -> Any:
     return value if isinstance(value, str) else float(value)
 
 
-def tabular_feeds(manifest: dict[str, Any], split_dir: Path, deploy_dir: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """As serving/tabular.py: ``records_type(columns)`` -> ``to_rows`` -> ``feeds``."""
-    from pydantic import TypeAdapter
-
-    from pipelines.modalities.tabular.serve import feeds, records_type, to_rows
-
-    columns = manifest["input"]["columns"]
+def tabular_items(split_dir: Path, rows: np.ndarray) -> list[Any]:
+    """Raw test rows as records keyed by column (the target left out)."""
     raw = pd.read_parquet(split_dir / "test.parquet").iloc[rows]
-    body = json.dumps([{c["name"]: _plain(rec[c["name"]]) for c in columns} for _, rec in raw.iterrows()])
-    records = TypeAdapter(records_type(columns)).validate_json(body)
-    return feeds(to_rows(records, columns), columns)
+    target = json.loads((split_dir / "split.json").read_text())["target"]
+    return [{c: _plain(rec[c]) for c in raw.columns if c != target} for _, rec in raw.iterrows()]
 
 
-def text_feeds(manifest: dict[str, Any], split_dir: Path, deploy_dir: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """As serving/text.py: ``Texts`` -> ``encode`` with the deployed tokenizer -> ``trim_padding``."""
+def text_items(split_dir: Path, rows: np.ndarray) -> list[Any]:
+    texts = pd.read_parquet(split_dir / "test.parquet")["text"].tolist()
+    return [texts[i] for i in rows]
+
+
+# raw test items per modality, as a client holds them (the request's one field comes from the request side)
+ITEMS: dict[str, Callable[[Path, np.ndarray], list[Any]]] = {
+    "image": image_items, "tabular": tabular_items, "text": text_items}
+
+
+def served_feeds(deploy_dir: Path, split_dir: Path, modality: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The service's own path: the deployed model's request side validates the JSON body's items
+    and turns them into graph inputs (serving/service.py does exactly this per request)."""
     from pydantic import TypeAdapter
 
-    from pipelines.modalities.text.encode import encode, load_tokenizer
-    from pipelines.modalities.text.serve import Texts, trim_padding
+    from serving.model import load_model_from
 
-    spec = manifest["input"]
-    assert sha256_file(deploy_dir / spec["tokenizer"]) == spec["tokenizer_sha256"]
-    texts_all = pd.read_parquet(split_dir / "test.parquet")["text"].tolist()
-    raw = [texts_all[i] for i in rows]
-    texts = TypeAdapter(Texts).validate_json(json.dumps(raw, ensure_ascii=False))
-    ids, lengths, _ = encode(load_tokenizer(deploy_dir / spec["tokenizer"]), texts, spec["max_len"])
-    assert (lengths > 0).all()
-    # the service's tokens are the training split's tokens
-    np.testing.assert_array_equal(ids, load_split(split_dir, "test", preprocess=False)[0][rows])
-    return {spec["name"]: trim_padding(ids)}
-
-
-REQUESTS: dict[str, Callable[[dict[str, Any], Path, Path, np.ndarray], dict[str, np.ndarray]]] = {
-    "image": image_feeds, "tabular": tabular_feeds, "text": text_feeds}
+    model = load_model_from(deploy_dir, "contract-test")
+    body = json.loads(json.dumps({model.requests.field: ITEMS[modality](split_dir, rows)}, ensure_ascii=False))
+    items = TypeAdapter(model.requests.items_type()).validate_python(body[model.requests.field])
+    return model.requests.to_inputs(items).feeds
 
 
 def request_rows(case: Case, split_dir: Path) -> np.ndarray:
@@ -307,7 +295,7 @@ def request_rows(case: Case, split_dir: Path) -> np.ndarray:
 
 
 def test_every_served_modality_has_a_round_trip() -> None:
-    assert set(REQUESTS) == {m for m in list_modalities() if get_modality(m).service}
+    assert set(ITEMS) == {m for m in list_modalities() if get_modality(m).request_side}
 
 
 @pytest.mark.parametrize("case,arch", COMBOS)
@@ -334,7 +322,12 @@ def test_one_epoch_to_deployed_round_trip(case: Case, arch: str, prepared: Calla
 
     # request -> graph inputs -> ONNX Runtime == the PyTorch network on the same test rows
     rows = request_rows(case, split_dir)
-    feed = REQUESTS[case.modality](manifest, split_dir, w["deploy"], rows)
+    feed = served_feeds(w["deploy"], split_dir, case.modality, rows)
+    if case.modality == "text":  # the service's tokens are the training split's tokens
+        from pipelines.modalities.text.serve import trim_padding
+
+        saved = load_split(split_dir, "test", preprocess=False)[0][rows]
+        np.testing.assert_array_equal(feed[manifest["input"]["name"]], trim_padding(saved))
     served = make_session(w["deploy"] / manifest["onnx_file"]).run([manifest["output"]["name"]], feed)[0]
     state = preprocess_state(split_dir)
     task = get_task(case.task)
