@@ -33,8 +33,8 @@ class AdmissionControl:
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], max_inflight: int, paths: tuple[str, ...] = (),
-                 retry_after_s: int = 1) -> None:
-        self.app, self.max_inflight, self.paths = app, max_inflight, paths
+                 retry_after_s: int = 1, on_shed: Callable[[], None] | None = None) -> None:
+        self.app, self.max_inflight, self.paths, self.on_shed = app, max_inflight, paths, on_shed
         self.retry_after = str(retry_after_s).encode()
         self.inflight = 0
         self._shed, self._last_log = 0, time.monotonic()
@@ -56,16 +56,24 @@ class AdmissionControl:
             await self.app(scope, receive, send)
         finally:
             self.inflight -= 1
+            if self._shed:  # the summary of the last shedding, also when the overload has ended
+                self._log_shed()
 
     async def _shed_one(self, send: Send) -> None:
         self._shed += 1
+        if self.on_shed is not None:
+            self.on_shed()
+        self._log_shed()
+        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body})
+
+    def _log_shed(self) -> None:
+        """At most one line a second, counting the requests shed since the last one."""
         now = time.monotonic()
         if now - self._last_log >= 1.0:
             logger.warning("overloaded: shed %d request(s) with 503 in the last %.1f s (in flight: %d)",
                            self._shed, now - self._last_log, self.inflight)
             self._shed, self._last_log = 0, now
-        await send({"type": "http.response.start", "status": 503, "headers": self._headers})
-        await send({"type": "http.response.body", "body": self._body})
 
 
 class ClientErrorFilter(logging.Filter):
