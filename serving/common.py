@@ -1,4 +1,4 @@
-"""Pieces of the service that are not about the model: admission control, the error body, the log filter."""
+"""Pieces of the service that are not about the model: admission control and the error body."""
 
 from __future__ import annotations
 
@@ -8,11 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import ValidationError
-
-from serving.limits import BodyTooLarge
-
-logger = logging.getLogger("dlops.serving")
+logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config shows it
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -74,16 +70,3 @@ class AdmissionControl:
             logger.warning("overloaded: shed %d request(s) with 503 in the last %.1f s (in flight: %d)",
                            self._shed, now - self._last_log, self.inflight)
             self._shed, self._last_log = 0, now
-
-
-class ClientErrorFilter(logging.Filter):
-    """BentoML logs a rejected request as ERROR with a traceback: a client sending bad input would
-    flood the log. Keep one INFO line with the reason instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (ValidationError, BodyTooLarge)):
-            reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "body too large"
-            record.msg, record.args = f"{record.msg}: rejected (%s)", (*(record.args or ()), reason)
-            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
-        return True

@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -33,11 +34,11 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from pipelines.modalities.schema import ModelMetadata, RequestError
-from serving.common import AdmissionControl, ClientErrorFilter, error_body
+from serving.common import AdmissionControl, error_body
 from serving.limits import BodySizeLimitMiddleware
 from serving.model import LoadedModel, ModelLoadError, load_model
 
-logger = logging.getLogger("dlops.serving")
+logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config shows it
 
 MAX_INFLIGHT = int(os.environ.get("DLOPS_MAX_INFLIGHT", "64"))
 BODY_TIMEOUT_S = float(os.environ.get("DLOPS_BODY_TIMEOUT_S", "10"))
@@ -48,6 +49,7 @@ INLINE_MAX_ITEMS = int(os.environ.get("DLOPS_INLINE_MAX_ITEMS", "32"))
 # (benchmarks/serve_bench.py: 1.44 -> 0.84 ms without the spans, -0.3 ms without the log line); the
 # service logs what it rejects itself. DLOPS_ACCESS_LOG=1 turns BentoML's access log back on.
 ACCESS_LOG = os.environ.get("DLOPS_ACCESS_LOG") == "1"
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a high or low surrogate escape (pairs pass the check)
 
 
 def _load() -> LoadedModel:
@@ -158,9 +160,15 @@ async def _read_json(request: Request) -> Any | Response:
         return _bad(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", 408)
     try:
         # stdlib json: NaN/Infinity literals parse, so the checks can name where they are
-        return json.loads(body)
+        payload = json.loads(body)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, > 4300-digit ints
         return _bad(f"Invalid JSON: {str(exc)[:200]}")
+    if LONE_SURROGATE.search(body):  # "\ud800" parses to a str no UTF-8 encoder takes (ORT, the response)
+        try:
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return _bad("Invalid JSON: a \\u escape is a lone UTF-16 surrogate (not a character)")
+    return payload
 
 
 def _items(payload: Any) -> Any | Response:
@@ -175,8 +183,10 @@ def _items(payload: Any) -> Any | Response:
         return ITEMS.validate_python(payload[FIELD])
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return _bad(first["msg"] if first["type"].startswith("invalid_") or not where else f"{FIELD}.{where}: {first['msg']}")
+        if first["type"].startswith("invalid_"):  # the modality's own checks name the place themselves
+            return _bad(first["msg"])
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        return _bad(f"{FIELD}{where}: {first['msg']}")
     except (TypeError, ValueError, OverflowError) as exc:
         return _bad(f"{FIELD}: {exc}")
 
@@ -225,7 +235,7 @@ async def metadata() -> Response:
     m = MANIFEST
     return _json(Metadata(
         model_name=m["model_name"], version=m["version"], alias=m["alias"], alias_reason=m.get("alias_reason"),
-        kind=m.get("kind") or "image", task=m.get("task"), target=m.get("target"), classes=m.get("classes") or [],
+        kind=m.get("kind") or "image", task=m.get("task"), target=m.get("target"), classes=m.get("classes"),
         primary_metric=m.get("primary_metric"), decision_threshold=m.get("decision_threshold"), metrics=m["metrics"],
         lineage={k: m.get(k) for k in ("run_id", "data_hash", "git_sha", "onnx_sha256")},
         input=m["input"], output=m["output"], bento_tag=m.get("bento_tag"), created_at=m.get("created_at"),
@@ -287,7 +297,6 @@ def _admission_control_first() -> None:
     ServiceAppFactory.middlewares = property(middlewares)
 
 
-logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorFilter())
 Predictor.add_asgi_middleware(BodySizeLimitMiddleware, max_bytes=SIDE.max_body_bytes)
 Predictor.add_asgi_middleware(AdmissionControl, max_inflight=MAX_INFLIGHT, paths=("/predict",),
                               on_shed=lambda: rejected.labels(reason="503").inc())

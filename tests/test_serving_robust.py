@@ -331,10 +331,8 @@ def test_server_still_serves_after_all_of_it_and_log_has_no_traceback(http: http
     assert "status=5" not in log, [ln for ln in log.splitlines() if "status=5" in ln][:5]
 
 
-@pytest.mark.xfail(reason="product bug: a lone surrogate escape (\\ud800) in a field name reaches the error "
-                          "message and orjson cannot encode it: 500", strict=False)
 def test_lone_surrogate_in_a_field_name_is_400(http: httpx.Client) -> None:
-    """After the log check: today this 500 writes a traceback into the module server's log."""
+    """A lone surrogate escape is not a character: 400, never a 500 (it once reached orjson and ORT)."""
     resp = post_json(http, b'{"images": [], "\\ud800": 1}')
     assert resp.status_code == 400, resp.text
 
@@ -344,7 +342,7 @@ def test_lone_surrogate_in_a_field_name_is_400(http: httpx.Client) -> None:
 
 MAX_INFLIGHT = 4
 SHED_CLIENT_P95_S = 1.0
-SHED_LINE = re.compile(r"\(status=503,[^)]*\) ([0-9.]+)ms")
+SHED_COUNT = re.compile(r"shed (\d+) request")
 
 
 def test_overload_sheds_with_fast_503s_and_recovers(model_dir: Path, tmp_path: Path) -> None:
@@ -400,19 +398,14 @@ def test_overload_sheds_with_fast_503s_and_recovers(model_dir: Path, tmp_path: P
     print(f"\noverload: {len(ok)} x 200 (p50 {statistics.median(ok_latency) * 1e3:.0f} ms, max "
           f"{ok_latency[-1] * 1e3:.0f} ms), {len(shed)} x 503 (p50 {statistics.median(shed_latency) * 1e3:.0f} ms, "
           f"p95 {p95 * 1e3:.0f} ms); after: p50 {statistics.median(after) * 1e3:.1f} ms")
-    # the shed itself is quick inside the server (BentoML's access log times each request from its middleware on)
-    served = [float(m.group(1)) / 1e3 for ln in log_lines if (m := SHED_LINE.search(ln))]
-    assert len(served) == len(shed)
-    served_p95 = sorted(served)[int(0.95 * (len(served) - 1))]
-    print(f"503 inside the server: p95 {served_p95 * 1e3:.0f} ms")
-    assert served_p95 < 0.1, f"503 inside the server: p95 {served_p95 * 1e3:.0f} ms"
     # arrival to 503 as the client sees it also holds the event loop's backlog (2-core machine: client and server
     # share the CPUs; measured 250-380 ms p95 there): bounded, not at the 100 ms of the acceptance criterion
     assert p95 < SHED_CLIENT_P95_S, f"503 p95 {p95 * 1e3:.0f} ms"
     assert statistics.median(after) < 0.05, f"after the storm: p50 {statistics.median(after) * 1e3:.1f} ms"
-    # at most one log line per shed request (the access log's), plus the once-a-second summaries
-    assert sum("status=503" in ln for ln in log_lines) == len(shed)
-    assert sum("overloaded" in ln or "shed" in ln for ln in log_lines) <= 10
+    # no line per shed request (admission control sits before BentoML's access log), one summary a second
+    assert not any("status=503" in ln for ln in log_lines)
+    summaries = [ln for ln in log_lines if "overloaded: shed" in ln]
+    assert 1 <= len(summaries) <= 10 and sum(int(SHED_COUNT.search(ln).group(1)) for ln in summaries) <= len(shed)
     assert not any("Traceback" in ln for ln in log_lines)
 
 

@@ -27,7 +27,7 @@ class ModelMetadata(BaseModel):
     alias: Optional[str]
     alias_reason: Optional[str] = None
     task: Optional[str] = None
-    classes: list[str]
+    classes: Optional[list[str]] = None
     metrics: dict[str, Any]
     lineage: dict[str, Optional[str]]
     input: dict[str, Any]

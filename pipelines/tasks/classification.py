@@ -233,10 +233,14 @@ class Classification(Task):
     def prediction_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
         from pydantic import Field
 
-        return {"label": (str, Field(description="the predicted class")),
-                "class_index": (int, Field(description="index of `label` in `classes`")),
-                "probability": (float, Field(description="probability of `label`")),
-                "probabilities": (list[float], Field(description="one per class, in the order of `classes`"))}
+        from typing import Optional
+
+        null = "; null when the network's outputs are not finite numbers (an input far outside what it was trained on)"
+        return {"label": (Optional[str], Field(description="the predicted class" + null)),
+                "class_index": (Optional[int], Field(description="index of `label` in `classes`" + null)),
+                "probability": (Optional[float], Field(description="probability of `label`" + null)),
+                "probabilities": (Optional[list[float]], Field(description="one per class, in the order of "
+                                                                           "`classes`" + null))}
 
     def response_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
         from typing import Optional
@@ -252,8 +256,10 @@ class Classification(Task):
         classes, threshold = manifest["classes"], served_threshold(manifest)
         probs = softmax(outputs.astype(np.float64))
         best = decide(probs, threshold)
+        finite = np.isfinite(probs).all(axis=1).tolist()
+        unknown = {"label": None, "class_index": None, "probability": None, "probabilities": None}
         rows = [{"label": classes[k], "class_index": int(k), "probability": float(p[k]), "probabilities": p.tolist()}
-                for k, p in zip(best.tolist(), probs)]
+                if ok else unknown for k, p, ok in zip(best.tolist(), probs, finite)]
         return rows, {"classes": classes, "decision_threshold": threshold}
 
 

@@ -141,10 +141,15 @@ class Regression(Task):
     def prediction_fields(self, manifest: dict[str, Any]) -> dict[str, Any]:
         from pydantic import Field
 
-        return {"value": (float, Field(description="the predicted target, in its own units"))}
+        from typing import Optional
+
+        return {"value": (Optional[float], Field(description="the predicted target, in its own units; null when "
+                                                             "the network's output is not a finite number (an "
+                                                             "input far outside what it was trained on)"))}
 
     def respond(self, outputs: np.ndarray, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return [{"value": float(v)} for v in outputs.reshape(len(outputs), -1)[:, 0].tolist()], {}
+        values = outputs.reshape(len(outputs), -1)[:, 0].astype(np.float64)
+        return [{"value": float(v) if np.isfinite(v) else None} for v in values.tolist()], {}
 
 
 def _png(y: np.ndarray, pred: np.ndarray, path: Path) -> None:

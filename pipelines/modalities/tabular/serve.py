@@ -54,6 +54,10 @@ NA_TEXTS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-Na
                       "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
 TRUE_TEXTS = frozenset({"True", "TRUE", "true"})  # what the CSV reader reads as booleans
 FALSE_TEXTS = frozenset({"False", "FALSE", "false"})
+# What the schema promises for a numeric string (the service takes more: any float32-range number): up to
+# 7 mantissa digits, exponents up to 31, blanks and NA spellings (missing) - every such text is accepted.
+NUMERIC_TEXT_PATTERN = (r"^\s*(?:[+-]?(?:\d{1,7}(?:\.\d{0,12})?|\.\d{1,12})(?:[eE][+-]?(?:[0-2]?\d|3[01]))?"
+                        r"|NA|N/A|NaN|null|nan|NULL|None|n/a|<NA>)?\s*$")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 
@@ -185,7 +189,8 @@ def _field(col: dict[str, Any]) -> tuple[Any, Any]:
     name = col["name"]
     if col["type"] == "numeric":
         kind = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX),
-                         WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}]})]
+                         WithJsonSchema({"anyOf": [{"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+                                                   {"type": "string", "pattern": NUMERIC_TEXT_PATTERN}]})]
         return Optional[kind], Field(alias=name, examples=[0.0], description=(
             "numeric: a number or a numeric string (\" 42.5\" as the raw file has it); null, \"\" or NA = "
             "missing (imputed)"))

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from pipelines.modalities.schema import Inputs, RequestError, RequestSide, describe as _describe
+from pipelines.modalities.schema import Inputs, RequestSide, describe as _describe
 
 MAX_TEXTS = 128  # per request
 MAX_TEXT_CHARS = 10_000  # per text: far past any max_len in tokens, and it bounds tokenizer work
@@ -43,8 +43,8 @@ def check_texts(texts: Any) -> Any:
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise _fail(f"texts[{i}]", "expected a string", _describe(text))
-        if not text.strip():
-            raise _fail(f"texts[{i}]", "empty or whitespace-only text")
+        if not text:
+            raise _fail(f"texts[{i}]", "empty text")
         if len(text) > MAX_TEXT_CHARS:
             raise _fail(f"texts[{i}]", f"text too long: {len(text)} characters, the limit is {MAX_TEXT_CHARS}")
     return texts
@@ -55,8 +55,9 @@ Texts = Annotated[
     BeforeValidator(check_texts),
     Field(min_length=1, max_length=MAX_TEXTS,
           description=f"1 to {MAX_TEXTS} texts (any language the tokenizer was fitted on), each 1 to "
-                      f"{MAX_TEXT_CHARS} characters and not only whitespace; texts over the model's max_len "
-                      "tokens are truncated (see /metadata) and flagged in the response",
+                      f"{MAX_TEXT_CHARS} characters; a text without tokens (whitespace only) is read as one "
+                      "unknown token and flagged, a text over the model's max_len tokens is truncated (see "
+                      "/metadata) and flagged",
           examples=[["这部电影太好看了", "worst purchase ever"]]),
 ]
 
@@ -113,24 +114,27 @@ class TextRequests(RequestSide):
             raise ValueError(f"input shape {inputs[0].shape}: both axes (batch, seq) must be dynamic")
 
     def to_inputs(self, items: Any) -> Inputs:
-        from pipelines.modalities.text.encode import encode
+        from pipelines.modalities.text.encode import UNK_ID, encode
 
         ids, lengths, truncated = encode(self.tokenizer, items, self.max_len)
-        empty = np.flatnonzero(lengths == 0)
-        if empty.size:
-            raise RequestError(f"texts[{int(empty[0])}]: no tokens after tokenization (only characters the "
-                               "tokenizer drops)")
+        # a text the tokenizer reduces to nothing (whitespace, control characters) is read as one
+        # unknown token, and flagged: tokens 0
+        ids[lengths == 0, 0] = UNK_ID
         extras = [{"tokens": int(n), "truncated": bool(t)} for n, t in zip(lengths, truncated)]
         return Inputs({self.input_name: trim_padding(ids)}, extras,
-                      {"truncated": int(truncated.sum()), "max_len": self.max_len})
+                      {"truncated": int(truncated.sum()), "no_tokens": int((lengths == 0).sum()),
+                       "max_len": self.max_len})
 
     def extra_fields(self) -> dict[str, Any]:
-        return {"tokens": (int, Field(description="tokens the model read (at most max_len)")),
+        return {"tokens": (int, Field(description="tokens of the text the model read (at most max_len; 0: the "
+                                                  "tokenizer found none, and the model read one unknown token)")),
                 "truncated": (bool, Field(description="the text had more than max_len tokens: only the first "
                                                       "max_len were read"))}
 
     def notes_fields(self) -> dict[str, Any]:
         return {"truncated": (int, Field(description="texts in this request cut to max_len tokens")),
+                "no_tokens": (int, Field(description="texts in which the tokenizer found no token (whitespace, "
+                                                     "control characters only)")),
                 "max_len": (int, Field(description="the model's input length in tokens"))}
 
     def example(self) -> list[Any]:
