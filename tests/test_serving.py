@@ -267,6 +267,7 @@ def test_model_dir_defaults_to_artifacts_deploy(monkeypatch: pytest.MonkeyPatch,
 def test_model_uri_downloads_from_mlflow(model_dir: Path, mlflow_uri: str) -> None:
     import mlflow
 
+    mlflow.set_tracking_uri(mlflow_uri)  # the service reads MLFLOW_TRACKING_URI; an earlier test may have set mlflow's global
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(model_dir), artifact_path="deploy")
     loaded = load_model({"DLOPS_MODEL_URI": f"runs:/{run.info.run_id}/deploy"})

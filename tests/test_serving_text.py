@@ -259,6 +259,7 @@ def test_model_uri_finds_manifest_and_tokenizer_in_extra_files(model_dir: Path, 
     as extra files, which land in extra_files/."""
     import mlflow
 
+    mlflow.set_tracking_uri(mlflow_uri)  # the service reads MLFLOW_TRACKING_URI; an earlier test may have set mlflow's global
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(model_dir / "model.onnx"), artifact_path="model")
         for name in (MANIFEST, "tokenizer.json"):
