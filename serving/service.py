@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import bentoml
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -138,8 +139,6 @@ web = FastAPI(title=f"dlops {MANIFEST.get('kind') or 'image'} {MANIFEST.get('tas
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    import orjson
-
     return Response(orjson.dumps(obj), status_code=status, media_type="application/json", headers=headers)
 
 
