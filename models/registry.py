@@ -89,12 +89,13 @@ def create_model(name: str, input_shape: Sequence[int], num_outputs: int,
     if needed:
         raise ModelError(f"model.name: {name!r} needs {', '.join(needed)} from the data, which this data does not "
                          f"have (it gives: {', '.join(sorted(data_args or {})) or 'only its input shape'})")
+    # RuntimeError: torch's own refusals, e.g. a negative layer size ("negative dimension -5")
     try:
         return cls(input_shape=tuple(input_shape), num_outputs=num_outputs, **extra, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         error = exc
     try:  # with its defaults: if it fails too, the data is at fault, not the kwargs
         cls(input_shape=tuple(input_shape), num_outputs=num_outputs, **extra)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         raise ModelError(f"model.name: {name!r} cannot take this data: {error}") from None
     raise ModelError(f"model.kwargs: {name!r} rejected {kwargs}: {error}") from None

@@ -149,6 +149,14 @@ class OptimParams:
     def __post_init__(self) -> None:
         if self.lr != "auto" and not self.lr > 0:
             raise ParamsError(f"optim.lr: must be > 0 or 'auto', got {self.lr}")
+        if self.weight_decay < 0:
+            raise ParamsError(f"optim.weight_decay: must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ParamsError(f"optim.momentum: must be in [0, 1), got {self.momentum}")
+        if self.step_size < 1:
+            raise ParamsError(f"optim.step_size: must be >= 1, got {self.step_size}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ParamsError(f"optim.gamma: must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ParamsError(f"optim.label_smoothing: must be in [0, 1), got {self.label_smoothing}")
 
@@ -247,14 +255,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ParamsError(f"{key}: expected a mapping with string keys, got {value!r}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{key}: must be a finite number, got {value}")
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ParamsError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
+def _build(cls: type, raw: Any, prefix: str, complete: bool = False) -> Any:
+    if raw is None and not complete:
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{prefix}: expected a mapping, got {type(raw).__name__}")
@@ -266,17 +276,23 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             f"{prefix}.{unknown[0]}: unknown key (valid keys in '{prefix}': {', '.join(sorted(names))})"
         )
     kwargs = {}
-    for name in names & set(raw):
+    for name in sorted(names & set(raw)):
         key = f"{prefix}.{name}"
         if dataclasses.is_dataclass(hints[name]):
             kwargs[name] = _build(hints[name], raw[name], key)
         else:
             kwargs[name] = _coerce(raw[name], hints[name], key)
+    missing = sorted(names - set(raw)) if complete else []
+    if missing:  # a deleted line must not silently become the code's default
+        default = getattr(cls(), missing[0])
+        raise ParamsError(f"{prefix}.{missing[0]}: missing (params.yaml lists every key; the default would be "
+                          f"{section_value(default)!r})")
     return cls(**kwargs)
 
 
-def parse_params(raw: Any) -> Params:
-    """Build ``Params`` from an already-parsed mapping (e.g. from ``yaml.safe_load``)."""
+def parse_params(raw: Any, complete: bool = False) -> Params:
+    """Build ``Params`` from an already-parsed mapping (e.g. from ``yaml.safe_load``). ``complete``:
+    every section and key must be there (a params.yaml file), else missing ones take the defaults."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -286,7 +302,16 @@ def parse_params(raw: Any) -> Params:
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown section (valid: {', '.join(sorted(sections))})")
     hints = typing.get_type_hints(Params)
-    return Params(**{name: _build(hints[name], raw.get(name), name) for name in sections})
+    built = {name: _build(hints[name], raw[name], name, complete) for name in sorted(sections & set(raw))}
+    missing = sorted(sections - set(raw)) if complete else []
+    if missing:  # after the sections that are there: a bad value there is the more useful message
+        raise ParamsError(f"{missing[0]}: missing section (params.yaml lists every section: see presets/)")
+    built.update({name: _build(hints[name], None, name) for name in sections - set(raw)})
+    return Params(**built)
+
+
+def section_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def load_params(path: str | Path = DEFAULT_PATH) -> Params:
@@ -299,7 +324,7 @@ def load_params(path: str | Path = DEFAULT_PATH) -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     try:
-        return parse_params(raw)
+        return parse_params(raw, complete=True)
     except ParamsError as exc:
         raise ParamsError(f"{path}: {exc}") from None
 

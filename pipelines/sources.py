@@ -227,12 +227,38 @@ def csv_file(params: DataParams) -> Table | TextTable:
     path = _table_file(params)
     text_kw = {"dtype": str, "keep_default_na": False} if params.text else {"skipinitialspace": True}
     try:
+        _check_header(path)
         frame = pd.read_csv(path, low_memory=False, **text_kw)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (no header row)") from None
-    except (OSError, ValueError) as exc:  # ParserError and UnicodeDecodeError are ValueErrors
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path, exc)) from None
+    except (OSError, ValueError) as exc:  # ParserError is a ValueError
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{path}: not a readable CSV file: {exc}") from None
     return _file_result(frame, params, path)
+
+
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    return (f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte {exc.start}; a GBK, Latin-1 or "
+            f"Windows-1252 file?): save it as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.csv > out.csv`")
+
+
+def _check_header(path: Path) -> None:
+    """Refuse duplicate column names: pandas would silently rename the second ``age`` to ``age.1``."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    seen: dict[str, int] = {}
+    for i, name in enumerate(c.strip() for c in header):
+        if name and name in seen:
+            raise DataError(f"{path}: duplicate column name {name!r} (columns {seen[name] + 1} and {i + 1} of the "
+                            "header): rename one")
+        seen.setdefault(name, i)
 
 
 @register_source("jsonl:<path>", suffixes=(".jsonl", ".jsonl.gz", ".ndjson"), modality="tabular")
@@ -260,7 +286,9 @@ def jsonl_file(params: DataParams) -> Table | TextTable:
                     raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(record).__name__}")
                 records.append(record)
                 lines.append(lineno)
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except UnicodeDecodeError as exc:
+        raise DataError(_not_utf8(path, exc)) from None
+    except (OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable JSONL file: {exc}") from None
     if not records:
         raise DataError(f"{path}: no JSON objects (only blank lines)")

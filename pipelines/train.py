@@ -115,6 +115,8 @@ def _write_curves(history: list[dict[str, float]], path: Path) -> None:
 def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Train the designed network with the configured recipe; write checkpoint, curves, run id."""
     p = params.train
+    if p.accelerator == "gpu" and not torch.cuda.is_available():  # before any work, not a Lightning traceback
+        raise ParamsError("train.accelerator: 'gpu' but no CUDA device is visible here (use auto or cpu)")
     split_dir, design_dir, configure_dir = Path(split_dir), Path(design_dir), Path(configure_dir)
     spec = read_json(design_dir / "model_spec.json")
     recipe = read_json(configure_dir / "recipe.json")

@@ -227,12 +227,22 @@ def _label_text(numbers: pd.Series) -> pd.Series:
     return numbers.map(lambda v: v if pd.isna(v) else normalize(v, "categorical")).astype("string")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _check_finite(numbers: pd.Series, name: str, where: str) -> None:
-    bad = np.isinf(numbers.to_numpy())
+    values = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.isinf(values)
     if bad.any():
         row = numbers.index[int(np.argmax(bad))]
         raise DataError(f"{where}: row {row}, column {name!r}: non-finite value {numbers[row]} "
                         f"({int(bad.sum())} non-finite values)")
+    # the model computes in float32: 1e308 would become inf there (and NaN after standardising)
+    huge = np.abs(np.nan_to_num(values)) > FLOAT32_MAX
+    if huge.any():
+        row = numbers.index[int(np.argmax(huge))]
+        raise DataError(f"{where}: row {row}, column {name!r}: value {numbers[row]} is outside the float32 range "
+                        f"the model computes in (|x| <= {FLOAT32_MAX:.3g}; {int(huge.sum())} such values)")
 
 
 # ---------------------------------------------------------------- features
