@@ -37,8 +37,12 @@ def test_non_training_steps_skip_lightning(tmp_path, subprocess_env, mlflow_uri)
                   "--out-dir", d / "train"],
         "evaluate": ["--split-dir", d / "split", "--train-dir", d / "train", "--out-dir", d / "evaluate"],
     }
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())  # a params file lists every key
+    raw["train"]["epochs"], raw["evaluate"]["baselines"] = 1, ["logreg"]
     params = tmp_path / "params.yaml"
-    params.write_text("train: {epochs: 1}\nevaluate: {baselines: [logreg]}\n")
+    params.write_text(yaml.safe_dump(raw))
     subprocess_env["MLFLOW_TRACKING_URI"] = mlflow_uri
     imported = {}
     for step, args in argv.items():

@@ -268,7 +268,7 @@ def _write_bad(kind):
         ("missing_file", r"data/nope\.csv: file not found"),
         ("empty_file", r"t\.csv: file is empty"),
         ("header_only", r"t\.csv: table is empty \(0 rows\)"),
-        ("unreadable_csv", r"t\.csv: not a readable CSV file"),
+        ("unreadable_csv", r"t\.csv: not UTF-8 text \(byte 0xff at byte 4; a GBK"),
         ("unreadable_parquet", r"t\.parquet: not a readable Parquet file"),
     ],
 )

@@ -242,7 +242,7 @@ def test_errors_name_file_row_and_column(tmp_path):
     _jsonl_error(tmp_path, [{"text": "", "label": 1}, {"text": "a", "label": None}], r"no rows left")
     (tmp_path / "bad.csv").write_bytes(b"text,label\n\xff\xfe\x00bad,1\n")
     params = make_params(data={"source": f"csv:{tmp_path / 'bad.csv'}", "text": "text", "target": "label"})
-    with pytest.raises(DataError, match=r"bad\.csv: not a readable CSV file"):
+    with pytest.raises(DataError, match=r"bad\.csv: not UTF-8 text \(byte 0xff at byte \d+; .*iconv"):
         collect.run(params, tmp_path / "collect")
 
 
