@@ -94,7 +94,7 @@ def tree_cpu(root: int) -> float:
             continue
         # fields after "(comm)": state ppid pgrp ... utime (11) stime (12)
         stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
-    tree, total, grew = {root}, 0.0, True
+    tree, grew = {root}, True
     while grew:
         grew = False
         for pid, (ppid, _) in stats.items():

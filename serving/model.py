@@ -187,23 +187,17 @@ def plugins_for(manifest: dict[str, Any]) -> tuple[Any, Any]:
     """The request-side class of the model's modality (``kind``) and its task, from the plug-in registries."""
     import importlib
 
-    from pipelines.plugins import PluginError, get_modality
+    from pipelines.plugins import PluginError, get_modality, get_task
 
     try:
         modality = get_modality(manifest.get("kind") or "image")
-        task = get_task_for(manifest)
+        task = get_task(manifest.get("task") or "classification")
     except PluginError as exc:
         raise ModelLoadError(f"manifest: {exc}") from None
     if modality.request_side is None:
         raise ModelLoadError(f"no service speaks {modality.name!r} models yet")
     module, _, name = modality.request_side.partition(":")
     return getattr(importlib.import_module(module), name), task
-
-
-def get_task_for(manifest: dict[str, Any]) -> Any:
-    from pipelines.plugins import get_task
-
-    return get_task(manifest.get("task") or "classification")
 
 
 def load_model(env: dict[str, str] | None = None) -> LoadedModel:

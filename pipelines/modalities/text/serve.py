@@ -16,13 +16,13 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from pipelines.modalities.schema import Inputs, RequestSide, describe as _describe
+from pipelines.modalities.text.encode import PAD_ID  # the padding id training used
 
 MAX_TEXTS = 128  # per request
 MAX_TEXT_CHARS = 10_000  # per text: far past any max_len in tokens, and it bounds tokenizer work
 # 128 texts of 10,000 characters of UTF-8 (3 bytes a CJK character) fit; ASCII-escaped JSON (\uXXXX,
 # 6 bytes a character, Python's json.dumps default) fits 64 of them
 MAX_BODY_BYTES = 4 * 1024 * 1024
-PAD_ID = 0
 MIN_WIDTH = 2  # columns kept by trim_padding (see there)
 
 __all__ = ["MAX_BODY_BYTES", "MAX_TEXTS", "MAX_TEXT_CHARS", "Texts", "check_texts", "trim_padding", "TextRequests"]
