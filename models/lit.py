@@ -62,6 +62,10 @@ class LitModel(L.LightningModule):
         self.epochs = epochs
         self.augment = augment
         self.loss_fn = make_loss(recipe["loss"])
+        # val_loss (early stopping, best checkpoint) is the plain loss: class weights and label
+        # smoothing shape what training rewards, but a weighted val_loss can prefer an early epoch
+        # that predicts the minority class everywhere (measured: epoch 0 on two imbalanced tables)
+        self.val_loss_fn = make_loss({**recipe["loss"], "class_weights": None, "label_smoothing": 0.0})
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -70,7 +74,7 @@ class LitModel(L.LightningModule):
         x, y = batch
         if stage == "train" and self.augment is not None:
             x = self.augment(x)
-        loss, metrics = self.task.step(self.net(x), y, self.loss_fn)
+        loss, metrics = self.task.step(self.net(x), y, self.loss_fn if stage == "train" else self.val_loss_fn)
         for name, value in metrics.items():
             self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")

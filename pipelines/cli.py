@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models import ModelError
-from pipelines.files import DataError
+from pipelines.files import DataError, private_tmp
 from pipelines.logs import setup_logging
 from pipelines.params import ParamsError, load_params
 
@@ -37,12 +38,19 @@ def step_main(
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True)
     args = parser.parse_args(argv)
     setup_logging()
+    # SIGTERM (a stopped CI job, `kill`) unwinds like Ctrl-C: runs are closed, temp files removed
+    signal.signal(signal.SIGTERM, _terminated)
     started = time.perf_counter()
     try:
         params = load_params(args.params)
-        summary = run(params, **{name: getattr(args, name) for name in paths})
+        with private_tmp(step):
+            summary = run(params, **{name: getattr(args, name) for name in paths})
     except (ParamsError, DataError, ModelError) as exc:
         log.error("%s failed: %s", step, exc)
         sys.exit(2)
     log.info("%s done in %.2fs", step, time.perf_counter() - started)
     print(json.dumps(summary, default=str))
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signum}")

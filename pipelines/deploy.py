@@ -22,7 +22,7 @@ import numpy as np
 from pipelines import tracking
 from pipelines.cli import step_main
 from pipelines.data import preprocess_state
-from pipelines.files import DataError, read_json, sha256_file, staged_outputs, write_json
+from pipelines.files import DataError, failpoint, read_json, sha256_file, staged_outputs, write_json
 from pipelines.params import DeployParams, Params, section_dict
 from pipelines.plugins import Exported, Task, get_modality, get_task
 
@@ -109,9 +109,12 @@ def choose_alias(gate: dict[str, Any], champion: dict[str, Any] | None, data_has
 
 
 def register(p: DeployParams, onnx_path: Path, extra_files: list[Path], run_id: str, gate: dict, metrics: dict,
-             data_hash: str, X_example: Any, output_example: np.ndarray) -> dict[str, Any]:
-    """Log the ONNX model to the training run, register a version, tag it with every test metric, the
-    primary metric and the data hash (what a later deploy compares with), set its alias."""
+             data_hash: str, onnx_sha256: str, X_example: Any, output_example: np.ndarray) -> dict[str, Any]:
+    """The registry version of this model, tags and all, and the alias it earns (not set yet: see
+    ``move_alias``). A version with the same training run, ONNX bytes and scores is reused, so going back to
+    earlier params does not register the same model twice. The ONNX model is logged *for* the training
+    run without reopening it (a run reopened and killed would stay RUNNING); the version is created with
+    its tags in one call (a version is never seen without them)."""
     import mlflow
     import onnx
     from mlflow.models import infer_signature
@@ -119,25 +122,94 @@ def register(p: DeployParams, onnx_path: Path, extra_files: list[Path], run_id: 
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = tracking.get_client()
     champion = current_champion(client, p.model_name, gate["metric"])
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)), name="onnx-model", registered_model_name=p.model_name,
-            signature=infer_signature(X_example, output_example), pip_requirements=["onnxruntime", "numpy"],
-            save_as_external_data=False, extra_files=[str(f) for f in extra_files],
-            onnx_execution_providers=["CPUExecutionProvider"], await_registration_for=60,
-        )
-    version = str(info.registered_model_version)
     alias, reason = choose_alias(gate, champion, data_hash)
     tags = {f"test_{k}": str(v) for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"}
     tags.update(primary_metric=gate["metric"], data_hash=data_hash, gate="pass" if gate["passed"] else "fail",
-                alias_reason=reason)
-    for key, value in tags.items():
-        client.set_model_version_tag(p.model_name, version, key, value)
-    client.set_registered_model_alias(p.model_name, alias, version)
-    log.info("registered %s version %s as %s: %s", p.model_name, version, alias, reason)
+                onnx_sha256=onnx_sha256)
+    version = _existing_version(client, p.model_name, run_id, tags)
+    if version is not None:
+        if champion is not None and champion["version"] == version:
+            alias, reason = CHAMPION, f"v{version} (this model) is the champion already"
+        client.set_model_version_tag(p.model_name, version, "alias_reason", reason)
+        log.info("%s version %s holds this model already (run %s, same ONNX bytes and scores): not registered again",
+                 p.model_name, version, run_id)
+    else:
+        info = mlflow.onnx.log_model(
+            onnx.load(str(onnx_path)), name="onnx-model", run_id=run_id,
+            signature=infer_signature(X_example, output_example), pip_requirements=["onnxruntime", "numpy"],
+            save_as_external_data=False, extra_files=[str(f) for f in extra_files],
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+        _ensure_registered_model(client, p.model_name)
+        mv = client.create_model_version(p.model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id,
+                                         tags={**tags, "alias_reason": reason}, await_creation_for=60)
+        version = str(mv.version)
     return {"version": version, "alias": alias, "alias_reason": reason,
             "previous_champion": champion["version"] if champion else None,
             "model_uri": f"models:/{p.model_name}/{version}"}
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    """``mlflow.register_model`` without its prints (``Registered model ... already exists``)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def _existing_version(client: Any, name: str, run_id: str, tags: dict[str, str]) -> str | None:
+    """The newest version of this run with the same ONNX bytes, data and evaluation (every tag equal)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        return None
+    same = [mv for mv in found if all(mv.tags.get(k) == v for k, v in tags.items())]
+    return str(max(int(mv.version) for mv in same)) if same else None
+
+
+# An alias is moved only once the deploy's outputs are complete. Between moving it and finishing,
+# a journal beside the outputs says where it pointed before; a deploy killed in that window is found
+# by the next one (its pid is dead) and the alias is put back.
+JOURNAL = ".deploy-alias-journal.json"
+
+
+def move_alias(client: Any, name: str, alias: str, version: str, journal: Path) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        before: str | None = str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        before = None
+    write_json(journal, {"pid": os.getpid(), "model_name": name, "alias": alias, "version": version,
+                         "previous": before})
+    client.set_registered_model_alias(name, alias, version)
+
+
+def undo_interrupted(journal: Path) -> None:
+    """Put back an alias that a killed deploy moved before its outputs were complete."""
+    from pipelines.files import pid_alive
+
+    if not journal.exists():
+        return
+    entry = read_json(journal)
+    pid = int(entry["pid"])
+    if pid != os.getpid() and pid_alive(pid):
+        raise DeployError(f"{journal}: another deploy (pid {pid}) is running in this project; wait for it")
+    client = tracking.get_client()
+    name, alias, previous = entry["model_name"], entry["alias"], entry["previous"]
+    if previous is None:
+        client.delete_registered_model_alias(name, alias)
+    else:
+        client.set_registered_model_alias(name, alias, previous)
+    client.set_model_version_tag(name, entry["version"], "deploy", "interrupted: its alias was put back")
+    journal.unlink()
+    log.warning("a deploy of %s v%s was killed after moving alias %r; the alias points at %s again", name,
+                entry["version"], alias, f"v{previous}" if previous else "no version")
 
 
 def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -155,43 +227,51 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
     modality, task = get_modality(split["kind"]), get_task(split["task"])
     head = task.export_head(load_network(train_dir / "model.pt"), state["target"])
 
-    with staged_outputs(out_dir) as tmp:
-        started = time.perf_counter()
-        exported = modality.export(head, split_dir, state, split, tmp, task.output_name)
-        session = make_session(tmp / "model.onnx")
-        report = _checked(parity(session, exported, task, state["target"], p), p)
-        report["export"]["seconds"] = round(time.perf_counter() - started, 2)
-        write_json(tmp / "parity.json", report)
-        example = {k: v[:2] for k, v in exported.cases[0].feeds.items()}
-        signature = (exported.example, session.run([task.output_name], example)[0])
-        manifest = {
-            "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
-            "onnx_file": "model.onnx", "onnx_sha256": sha256_file(tmp / "model.onnx"),
-            "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
-            "primary_metric": gate["metric"], "gate": gate["passed"],
-            "decision_threshold": gate.get("decision_threshold"),
-            "task": task.name, "kind": modality.name, "target": split.get("target"),
-            "input": exported.input_schema,
-            "output": {"name": task.output_name, "shape": [-1, task.num_outputs(split)], "dtype": "float32"},
-            "classes": split.get("classes"), "bento_tag": None,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "params": section_dict(p),
-        }
-        write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
-        if p.register:
-            extra = [tmp / "manifest.json", *(tmp / f for f in exported.files)]
-            manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics,
-                                     split["data_hash"], *signature))
-        write_json(tmp / "manifest.json", manifest)
-    if p.build_bento:
-        try:
-            manifest["bento_tag"] = build_bento(Path(out_dir))
-        except Exception:
-            shutil.rmtree(out_dir, ignore_errors=True)  # no partial outputs
-            raise
-        write_json(Path(out_dir) / "manifest.json.tmp", manifest)
-        os.replace(Path(out_dir) / "manifest.json.tmp", Path(out_dir) / "manifest.json")
+    journal = Path(out_dir).parent / JOURNAL
+    if p.register:
+        undo_interrupted(journal)
+    try:
+        with staged_outputs(out_dir, replace=True) as tmp:
+            started = time.perf_counter()
+            exported = modality.export(head, split_dir, state, split, tmp, task.output_name)
+            session = make_session(tmp / "model.onnx")
+            report = _checked(parity(session, exported, task, state["target"], p), p)
+            report["export"]["seconds"] = round(time.perf_counter() - started, 2)
+            write_json(tmp / "parity.json", report)
+            example = {k: v[:2] for k, v in exported.cases[0].feeds.items()}
+            signature = (exported.example, session.run([task.output_name], example)[0])
+            onnx_sha256 = sha256_file(tmp / "model.onnx")
+            manifest = {
+                "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
+                "onnx_file": "model.onnx", "onnx_sha256": onnx_sha256,
+                "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
+                "primary_metric": gate["metric"], "gate": gate["passed"],
+                "decision_threshold": gate.get("decision_threshold"),
+                "task": task.name, "kind": modality.name, "target": split.get("target"),
+                "input": exported.input_schema,
+                "output": {"name": task.output_name, "shape": [-1, task.num_outputs(split)], "dtype": "float32"},
+                "classes": split.get("classes"), "bento_tag": None,
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "params": section_dict(p),
+            }
+            write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
+            if p.register:
+                extra = [tmp / "manifest.json", *(tmp / f for f in exported.files)]
+                manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics,
+                                         split["data_hash"], onnx_sha256, *signature))
+                failpoint("deploy.registered")
+            write_json(tmp / "manifest.json", manifest)  # the Bento's copy: everything but its own tag
+            if p.build_bento:
+                manifest["bento_tag"] = build_bento(tmp)
+                write_json(tmp / "manifest.json", manifest)
+            if p.register:  # last: the alias moves to a version whose deploy is complete
+                move_alias(tracking.get_client(), p.model_name, manifest["alias"], manifest["version"], journal)
+                failpoint("deploy.alias_moved")
+    except BaseException:
+        undo_interrupted(journal)  # an alias this deploy moved goes back
+        raise
+    journal.unlink(missing_ok=True)
     log.info("deployed %s v%s as %s; parity max |diff| %.2e; bento %s", p.model_name, manifest.get("version"),
              manifest.get("alias"), report["max_abs_diff"], manifest["bento_tag"])
     return {"version": manifest.get("version"), "alias": manifest.get("alias"), "bento_tag": manifest["bento_tag"],

@@ -85,7 +85,13 @@ def main() -> None:
     args = ap.parse_args()
     setup_logging()
     os.environ.setdefault("PREFECT_HOME", str(project_root() / ".prefect"))
-    summaries = build_flow()(params_path=args.params, dvc_yaml=args.dvc_yaml)
+    # The ephemeral API's telemetry heartbeat writes to its sqlite as the flow run starts, and one of
+    # the two writers gets "database is locked" (a ~90-line traceback). Off also because it phones home.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from pipelines.files import private_tmp
+
+    with private_tmp("flow"):  # every temp file in one folder, removed at exit (or by the next step)
+        summaries = build_flow()(params_path=args.params, dvc_yaml=args.dvc_yaml)
     for stage, summary in summaries.items():
         print(f"{stage}: {summary}")
 

@@ -7,10 +7,16 @@ project's own database. ``MLFLOW_TRACKING_URI`` overrides it (e.g. a tracking se
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -84,3 +90,34 @@ def flatten(prefix: str, obj: Any) -> dict[str, str]:
             out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
         return out
     return {prefix: str(obj)}
+
+
+def process_tags() -> dict[str, str]:
+    """Which process owns a run: a run still RUNNING whose process is gone was killed."""
+    return {"dlops.host": socket.gethostname(), "dlops.pid": str(os.getpid())}
+
+
+def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark ``KILLED`` the runs of this experiment left ``RUNNING`` by a dlops process of this machine
+    that no longer exists (``kill -9``, a lost machine); runs of live processes and of other machines
+    are left alone. Returns the run ids it closed."""
+    from pipelines.files import pid_alive
+
+    host, closed = socket.gethostname(), []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get("dlops.pid", "")
+        if tags.get("dlops.host") != host or not pid.isdigit() or pid_alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "dlops.closed_because", f"its process {pid} died while the run was RUNNING")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+        log.warning("MLflow run %s was left RUNNING by process %s, which died: marked KILLED", run.info.run_id, pid)
+    return closed
+
+
+def run_name(task: str, arch: str, params: dict[str, Any]) -> str:
+    """A run name that says what the run is: ``<task>-<arch>-<digest of the params>`` (the same
+    params give the same digest, so repeated runs of one configuration are easy to spot)."""
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return f"{task}-{arch}-{digest}"

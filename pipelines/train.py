@@ -6,6 +6,7 @@ import csv
 import logging
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -20,13 +21,14 @@ from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
 from pipelines.data import load_split, preprocess_state
-from pipelines.files import read_json, staged_outputs, write_json
+from pipelines.files import failpoint, read_json, staged_outputs, write_json
 from pipelines.params import Params, ParamsError, section_dict
 from pipelines.plugins import get_modality, get_task
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "model.pt"
+METRIC_CURVES = "metric_curves.csv"
 
 
 def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
@@ -78,6 +80,7 @@ class EpochLogger(Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, row["epoch"]) for k, v in row.items() if k != "epoch"]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        failpoint("train.epoch")
 
 
 def _run_tags(split: dict[str, Any], split_dir: Path, design_dir: Path, configure_dir: Path) -> dict[str, str]:
@@ -105,11 +108,20 @@ def _save_best(lit: LitModel, best_path: str, spec: dict[str, Any], out: Path) -
 
 
 def _write_curves(history: list[dict[str, float]], path: Path) -> None:
+    """``curves.csv``: every logged column per epoch; ``metric_curves.csv``: the task's own metric
+    (accuracy, MAE...) as ``train``/``val`` columns, so one plot definition fits every task."""
     keys = sorted({k for row in history for k in row} - {"epoch"})
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["epoch", *keys])
         writer.writeheader()
         writer.writerows(history)
+    names = [k[4:] for k in keys if k.startswith("val_") and k != "val_loss" and f"train_{k[4:]}" in keys]
+    with open(path.with_name(METRIC_CURVES), "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["epoch", "metric", "train", "val"])
+        if names:
+            writer.writerows([row["epoch"], names[0], row.get(f"train_{names[0]}"), row.get(f"val_{names[0]}")]
+                             for row in history)
 
 
 def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -128,10 +140,17 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
 
     client = tracking.get_client()
     exp_id = tracking.ensure_experiment(client, p.experiment)
-    mlrun = client.create_run(exp_id, tags=_run_tags(split, split_dir, design_dir, configure_dir))
+    tracking.close_dead_runs(client, exp_id)
+    what = {f.name: section_dict(getattr(params, f.name)) for f in fields(params)
+            if f.name not in ("evaluate", "deploy")}  # what the trained weights depend on
+    tags = {**_run_tags(split, split_dir, design_dir, configure_dir), **tracking.process_tags()}
+    mlrun = client.create_run(exp_id, run_name=tracking.run_name(split["task"], spec["arch"], what), tags=tags)
     run_id = mlrun.info.run_id
     try:
         summary = _fit(params, lit, spec, recipe, split, train_dl, val_dl, client, run_id, out_dir)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (see pipelines.cli)
+        client.set_terminated(run_id, status="KILLED")
+        raise
     except BaseException:
         client.set_terminated(run_id, status="FAILED")
         raise
@@ -180,7 +199,7 @@ def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, 
                 "stopped_early": trainer.early_stopping_callback.stopped_epoch > 0,
                 "fit_seconds": round(fit_seconds, 3)}
         write_json(tmp / "run.json", info)
-        for name in (CHECKPOINT, "curves.csv"):
+        for name in (CHECKPOINT, "curves.csv", METRIC_CURVES):
             client.log_artifact(run_id, str(tmp / name))
     client.log_metric(run_id, "fit_seconds", info["fit_seconds"])
     client.set_tag(run_id, "dvc.outputs", f"{out_dir}/{CHECKPOINT},{out_dir}/curves.csv,{out_dir}/run.json")

@@ -85,8 +85,8 @@ def test_repro_then_noop_then_partial_reruns(repo: Path, env: dict[str, str]) ->
 
     assert stages_run(dvc(repo, env, "repro")) == []
 
-    set_param(repo, "train", "epochs", 1)
-    assert stages_run(dvc(repo, env, "repro")) == ["train", "evaluate", "deploy"]
+    set_param(repo, "train", "epochs", 1)  # design reads every key (it checks the whole file); its output stays
+    assert stages_run(dvc(repo, env, "repro")) == ["design", "train", "evaluate", "deploy"]
 
     set_param(repo, "split", "seed", 3)
     assert stages_run(dvc(repo, env, "repro")) == ["split", "design", "configure", "train", "evaluate", "deploy"]
@@ -117,3 +117,14 @@ def test_failed_stage_leaves_no_outputs(repo: Path, env: dict[str, str]) -> None
     assert not (repo / "artifacts" / "design" / "model_spec.json").exists()
     assert not [p for p in (repo / "artifacts").iterdir() if ".tmp-" in p.name]
     sh(["git", "checkout", "--", "params.yaml"], repo, env)
+
+
+def test_typo_section_fails_repro_instead_of_up_to_date(repo: Path, env: dict[str, str]) -> None:
+    path = repo / "params.yaml"
+    good = path.read_text()
+    path.write_text(good + "trian:\n  epochs: 3\n")
+    proc = subprocess.run([str(VENV_BIN / "dvc"), "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "trian" in out and "Traceback" not in out, out
+    assert stages_run(out) == ["design"]
+    path.write_text(good)

@@ -1,6 +1,7 @@
 """train + evaluate on the real digits split with a real sqlite-backed MLflow store."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -94,3 +95,43 @@ def test_evaluate_params_are_tags_so_reruns_on_the_same_run_work(trained, digits
     run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
     assert run.data.tags["evaluate.min_score"] == "0.9"
     assert run.data.params["data.source"] == "sklearn:digits"
+
+
+def test_run_is_named_after_what_it_is(trained, mlflow_uri):
+    _, tmp, summary = trained
+    run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
+    assert re.fullmatch(r"classification-cnn-[0-9a-f]{8}", run.info.run_name), run.info.run_name
+    assert run.data.tags["dlops.pid"].isdigit() and run.data.tags["dlops.host"]
+    assert (tmp / "train" / "metric_curves.csv").read_text().splitlines()[0] == "epoch,metric,train,val"
+
+
+def test_val_loss_is_not_distorted_by_class_weights_or_smoothing():
+    from models.lit import LitModel
+    from pipelines.tasks.classification import Classification
+
+    recipe = {"loss": {"name": "cross_entropy", "class_weights": [1.0, 9.0], "label_smoothing": 0.1},
+              "optimizer": {"name": "adam", "lr": 0.01}, "scheduler": {"name": "none"}}
+    lit = LitModel(torch.nn.Linear(3, 2), recipe, Classification(), epochs=1)
+    out, y = torch.randn(64, 2), torch.randint(0, 2, (64,))
+    plain = torch.nn.functional.cross_entropy(out, y)
+    assert torch.isclose(lit.val_loss_fn(out, y), plain)
+    assert not torch.isclose(lit.loss_fn(out, y), plain)  # training still weights and smooths
+
+
+def test_dead_processes_runs_are_closed_live_ones_kept(mlflow_uri):
+    import subprocess
+    import sys
+
+    from pipelines import tracking
+
+    client = MlflowClient(mlflow_uri)
+    exp = tracking.ensure_experiment(client, "reaper")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = client.create_run(exp, tags={"dlops.host": tracking.process_tags()["dlops.host"],
+                                        "dlops.pid": dead.stdout.strip()}).info.run_id
+    live = client.create_run(exp, tags=tracking.process_tags()).info.run_id
+    elsewhere = client.create_run(exp, tags={"dlops.host": "another-machine", "dlops.pid": "1"}).info.run_id
+    assert tracking.close_dead_runs(client, exp) == [gone]
+    assert client.get_run(gone).info.status == "KILLED" and "died" in client.get_run(gone).data.tags[
+        "dlops.closed_because"]
+    assert client.get_run(live).info.status == client.get_run(elsewhere).info.status == "RUNNING"

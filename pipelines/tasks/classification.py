@@ -26,6 +26,8 @@ from pipelines.files import DataError
 from pipelines.plugins import Task, register_task
 
 IMBALANCED = 1.5  # largest / smallest class count on train from which accuracy stops deciding
+CURVE_POINTS = 500  # points kept in roc.csv / pr.csv
+CONFUSION_ROWS = 20_000  # rows kept in confusion.csv (a seeded sample beyond that; exact counts in report.json)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -46,15 +48,63 @@ def served_threshold(manifest: dict[str, Any]) -> float | None:
     return manifest.get("decision_threshold") if len(classes) == 2 else None
 
 
-def tune_threshold(y_val: np.ndarray, p_val: np.ndarray, objective: str) -> tuple[float, float]:
-    """Binary decision threshold on P(positive) that maximises ``objective`` on validation."""
-    from sklearn.metrics import balanced_accuracy_score, f1_score
+def threshold_candidates(p_val: np.ndarray) -> np.ndarray:
+    """Every threshold worth trying: a 0.05 grid and each validation probability, clipped to [0.01, 0.99]."""
+    return np.unique(np.clip(np.concatenate([np.linspace(0.05, 0.95, 19), p_val]), 0.01, 0.99))
 
-    score = {"f1": f1_score, "balanced_accuracy": balanced_accuracy_score}[objective]
-    grid = np.unique(np.clip(np.concatenate([np.linspace(0.05, 0.95, 19), p_val]), 0.01, 0.99))
-    results = [(float(score(y_val, (p_val >= t).astype(int))), -abs(t - 0.5), float(t)) for t in grid]
-    best = max(results)  # best score; ties -> closest to 0.5
-    return best[2], best[0]
+
+def threshold_counts(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> dict[str, np.ndarray]:
+    """Confusion counts of the rule ``p >= t`` for every ``t`` at once: one sort, cumulative sums, O(n log n).
+
+    Returns int64 arrays ``tp``, ``fp``, ``fn``, ``tn`` (one entry per threshold) and the totals ``pos``/``neg``.
+    """
+    order = np.argsort(p, kind="stable")
+    p_sorted = np.asarray(p, dtype=np.float64)[order]
+    positive = np.asarray(y)[order] == 1
+    below_pos = np.concatenate([[0], np.cumsum(positive, dtype=np.int64)])  # positives among the i lowest
+    below = np.searchsorted(p_sorted, np.asarray(thresholds, dtype=np.float64), side="left")  # count of p < t
+    pos, n = int(below_pos[-1]), len(p_sorted)
+    tp = pos - below_pos[below]
+    predicted = n - below
+    fp = predicted - tp
+    return {"tp": tp, "fp": fp, "fn": pos - tp, "tn": (n - pos) - fp, "pos": np.int64(pos), "neg": np.int64(n - pos)}
+
+
+def objective_scores(counts: dict[str, np.ndarray], objective: str) -> np.ndarray:
+    """``f1`` or ``balanced_accuracy`` per threshold, with scikit-learn's arithmetic (bit-identical scores,
+    so ties are ties exactly as ``f1_score`` / ``balanced_accuracy_score`` would make them)."""
+    tp, fp, fn, tn, pos, neg = (counts[k] for k in ("tp", "fp", "fn", "tn", "pos", "neg"))
+    if objective == "f1":  # 2 tp / (true + predicted); 0 when both are empty (zero_division)
+        denom = (tp + fn).astype(np.float64) + (tp + fp).astype(np.float64)
+        return np.divide(2.0 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
+    if objective == "balanced_accuracy":  # mean recall over the classes present in y
+        recalls = [r for r, total in ((tn / max(neg, 1), neg), (tp / max(pos, 1), pos)) if total > 0]
+        return recalls[0] if len(recalls) == 1 else (recalls[0] + recalls[1]) / 2
+    raise KeyError(objective)
+
+
+def tune_threshold(y_val: np.ndarray, p_val: np.ndarray, objective: str) -> tuple[float, float]:
+    """Binary decision threshold on P(positive) that maximises ``objective`` on validation.
+
+    Every candidate (``threshold_candidates``) is scored from one sort (``threshold_counts``); ties go
+    to the threshold closest to 0.5, then to the higher one.
+    """
+    grid = threshold_candidates(p_val)
+    scores = objective_scores(threshold_counts(y_val, p_val, grid), objective)
+    best = scores == scores.max()
+    closeness = np.where(best, -np.abs(grid - 0.5), -np.inf)
+    i = int(np.flatnonzero(closeness == closeness.max())[-1])  # grid ascending: the last is the highest
+    return float(grid[i]), float(scores[i])
+
+
+def curve_points(*columns: np.ndarray, max_points: int = CURVE_POINTS) -> list[np.ndarray]:
+    """At most ``max_points`` evenly spaced points of a curve (ends kept): a 200k-row test split gives
+    ROC/PR curves with as many points, too many for a plot file."""
+    n = len(columns[0])
+    if n <= max_points:
+        return list(columns)
+    keep = np.unique(np.linspace(0, n - 1, max_points).round().astype(np.int64))
+    return [c[keep] for c in columns]
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -185,18 +235,32 @@ class Classification(Task):
         return "macro_f1", f"auto: imbalanced classes ({balance} >= {IMBALANCED}): macro F1 weighs every class alike"
 
     def baseline_factories(self, categorical: list[int]) -> dict[str, Callable[[], Any]]:
-        """scikit-learn defaults; linear/kernel/neighbour models see categories one-hot, boosting natively."""
-        from sklearn.ensemble import HistGradientBoostingClassifier
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.neighbors import KNeighborsClassifier
-        from sklearn.svm import SVC
+        """scikit-learn defaults; linear/kernel/neighbour models see categories one-hot, boosting natively.
+        Each factory imports its own estimator: only the baselines asked for are imported (~1 s for ensembles)."""
 
-        return {
-            "logreg": lambda: one_hot(LogisticRegression(max_iter=5000), categorical),
-            "svc": lambda: one_hot(SVC(probability=True, random_state=0), categorical),
-            "knn": lambda: one_hot(KNeighborsClassifier(), categorical),
-            "gboost": lambda: HistGradientBoostingClassifier(random_state=0, categorical_features=categorical or None),
-        }
+        def logreg() -> Any:
+            from sklearn.linear_model import LogisticRegression
+
+            return one_hot(LogisticRegression(max_iter=5000), categorical)
+
+        def svc() -> Any:
+            from sklearn.calibration import CalibratedClassifierCV
+            from sklearn.svm import SVC
+
+            # Platt-scaled probabilities, as SVC(probability=True) gave (deprecated in scikit-learn 1.9)
+            return one_hot(CalibratedClassifierCV(SVC(random_state=0), ensemble=False), categorical)
+
+        def knn() -> Any:
+            from sklearn.neighbors import KNeighborsClassifier
+
+            return one_hot(KNeighborsClassifier(), categorical)
+
+        def gboost() -> Any:
+            from sklearn.ensemble import HistGradientBoostingClassifier
+
+            return HistGradientBoostingClassifier(random_state=0, categorical_features=categorical or None)
+
+        return {"logreg": logreg, "svc": svc, "knn": knn, "gboost": gboost}
 
     def report(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
                plots: Path) -> tuple[dict[str, Any], dict[str, list[tuple]]]:
@@ -211,11 +275,18 @@ class Classification(Task):
             truth, score = y, proba[:, 1]
         else:
             truth, score = label_binarize(y, classes=range(len(classes))).ravel(), proba.ravel()
-        fpr, tpr, _ = roc_curve(truth, score)
-        precision, recall, _ = precision_recall_curve(truth, score)
-        files = {"confusion.csv": [("actual", "predicted"), *((classes[a], classes[b]) for a, b in zip(y, pred))],
+        fpr, tpr = curve_points(*roc_curve(truth, score)[:2])
+        precision, recall = curve_points(*precision_recall_curve(truth, score)[:2])
+        rows = np.arange(len(y))
+        if len(rows) > CONFUSION_ROWS:  # DVC's confusion template counts rows: a uniform sample keeps the shares
+            rows = np.sort(np.random.default_rng(0).choice(len(y), CONFUSION_ROWS, replace=False))
+            report["plots_note"] = (f"confusion.csv holds a seeded uniform sample of {CONFUSION_ROWS} of the "
+                                    f"{len(y)} test rows; the metrics in this report are exact")
+        files = {"confusion.csv": [("actual", "predicted"), *((classes[y[i]], classes[pred[i]]) for i in rows)],
                  "roc.csv": [("fpr", "tpr"), *zip(fpr.round(6), tpr.round(6))],
-                 "pr.csv": [("recall", "precision"), *zip(recall.round(6), precision.round(6))]}
+                 "pr.csv": [("recall", "precision"), *zip(recall.round(6), precision.round(6))],
+                 # header only: dvc.yaml's regression plot finds its file and, with no rows, draws nothing
+                 "predictions.csv": [("actual", "predicted")]}
         _png(y, pred, classes, fpr, tpr, recall, precision, plots / "classification.png")
         return report, files
 
@@ -265,15 +336,13 @@ class Classification(Task):
 
 def _png(y: np.ndarray, pred: np.ndarray, classes: list[str], fpr: np.ndarray, tpr: np.ndarray,
          recall: np.ndarray, precision: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or GUI machinery to import
 
     k = len(classes)
     cm = np.zeros((k, k), int)
     np.add.at(cm, (y, pred), 1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig = Figure(figsize=(15, 4.8))
+    axes = fig.subplots(1, 3)
     axes[0].imshow(cm, cmap="Blues")
     axes[0].set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
                 xlabel="predicted", ylabel="actual", title="test confusion matrix")
@@ -285,4 +354,3 @@ def _png(y: np.ndarray, pred: np.ndarray, classes: list[str], fpr: np.ndarray, t
     axes[2].set(xlabel="recall", ylabel="precision", title="precision-recall")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -116,7 +116,10 @@ class Regression(Task):
         pred = test["pred"]
         _png(y, pred, plots / "regression.png")
         rows = [("actual", "predicted", "residual"), *((float(a), float(b), float(a - b)) for a, b in zip(y, pred))]
-        return {}, {"predictions.csv": rows}
+        # header only: dvc.yaml's classification plots find their files and, with no rows, draw nothing
+        empty = {"confusion.csv": [("actual", "predicted")], "roc.csv": [("fpr", "tpr")],
+                 "pr.csv": [("recall", "precision")]}
+        return {}, {"predictions.csv": rows, **empty}
 
     def worst(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
               top: int = 25) -> list[dict[str, Any]]:

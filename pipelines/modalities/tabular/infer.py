@@ -162,7 +162,36 @@ _UNSEEN = object()
 def _normalized(s: pd.Series, kind: str, name: str, where: str, bad: list[Any] | None = None) -> pd.Series:
     """``normalize(value, kind)`` of every value (once per distinct value): ``string`` (categorical)
     or ``float64`` (numeric), missing as NA/NaN. A value ``normalize`` rejects raises a ``DataError``
-    naming its row, or, when ``bad`` is a list, is appended to it as ``(row, value)`` and left missing."""
+    naming its (first) row, or, when ``bad`` is a list, is appended to it as ``(row, value)`` and left
+    missing. Distinct values come from ``pd.factorize`` (C speed: 1 M rows in ~0.1 s) unless the column
+    mixes Python types (JSONL: ``1``, ``1.0`` and ``True`` are equal keys there, but different cells)."""
+    if s.dtype == object and pdt.infer_dtype(s, skipna=True) not in ("string", "empty"):
+        return _normalized_by_row(s, kind, name, where, bad)
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    first_rows: np.ndarray | None = None
+    out: list[Any] = []
+    for j, value in enumerate(uniques):
+        try:
+            out.append(normalize(value, kind))
+        except (TypeError, ValueError) as exc:
+            if first_rows is None:  # uniques are in order of first appearance: the first bad is the first row
+                present = np.flatnonzero(codes >= 0)
+                first_rows = present[np.unique(codes[present], return_index=True)[1]]
+            row = s.index[first_rows[j]]
+            if bad is None:
+                raise DataError(f"{where}: row {row}, column {name!r}: {exc} (leave the column out with "
+                                f"data.drop)") from None
+            bad.append((row, value))
+            out.append(None)
+    out.append(None)  # code -1: missing
+    if kind == "numeric":
+        table = np.array([np.nan if v is None else v for v in out], dtype="float64")
+        return pd.Series(table[codes], index=s.index)
+    return pd.Series(np.array(out, dtype=object)[codes], index=s.index, dtype="object").astype("string")
+
+
+def _normalized_by_row(s: pd.Series, kind: str, name: str, where: str, bad: list[Any] | None = None) -> pd.Series:
+    """``_normalized`` for a column of mixed Python objects: a cache keyed by (type, value)."""
     missing = s.isna().to_numpy()
     out: list[Any] = [None] * len(s)
     cache: dict[tuple[type, Any], Any] = {}
@@ -412,6 +441,8 @@ def frame_hash(frame: pd.DataFrame) -> str:
         h.update(f"{name}\0{col.dtype}\0{len(col)}\0".encode())
         if pdt.is_float_dtype(col):
             h.update(np.ascontiguousarray(col.to_numpy(dtype="<f8", na_value=np.nan)).tobytes())
+        elif isinstance(col.dtype, pd.StringDtype):  # the same bytes as below, without a Python loop
+            h.update("\0".join(col.to_numpy(dtype=object, na_value="\1").tolist()).encode())
         else:
             h.update("\0".join("\1" if pd.isna(v) else str(v) for v in col).encode())
         h.update(b"\2")
