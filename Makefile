@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # DVC stage commands call `python`: make it the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install run test test-fast ui serve flow clean
+.PHONY: install run test test-fast ui serve flow clean predict
 
 install: $(STAMP)
 
@@ -40,6 +40,14 @@ flow: install
 
 clean:
 	rm -rf artifacts mlflow.db mlflow.db.lock mlartifacts .prefect .dvc/tmp/exps
+
+# Batch prediction with the deployed model, offline (ONNX Runtime, no server): a folder of images or a
+# CSV/JSONL/Parquet file -> OUTPUT (bad rows/files: <OUTPUT stem>.errors.csv). MODEL=<dir> or
+# MODEL_URI=models:/name@champion pick another model; ARGS passes more (--column, --batch-size).
+predict: install
+	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<folder|file> [OUTPUT=predictions.csv] [MODEL=dir | MODEL_URI=uri]"; exit 2; }
+	$(BIN)/python -m pipelines.predict --input "$(INPUT)" --output "$(or $(OUTPUT),predictions.csv)" \
+		$(if $(MODEL),--model "$(MODEL)") $(if $(MODEL_URI),--model-uri "$(MODEL_URI)") $(ARGS)
 
 # BentoML service on http://127.0.0.1:3000 over artifacts/deploy (make run first; Ctrl-C stops it).
 # DLOPS_MODEL_DIR=<dir> or DLOPS_MODEL_URI=models:/dlops-digits@champion (with MLFLOW_TRACKING_URI) serve

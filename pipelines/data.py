@@ -19,10 +19,13 @@ def preprocess_state(split_dir: Path) -> dict[str, Any]:
 
 
 def load_split(split_dir: Path, name: str, preprocess: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(X, y)`` of one split; ``X`` as the network takes it unless ``preprocess`` is False (as saved)."""
-    arrays = load_arrays(Path(split_dir) / f"{name}.npz", "X", "y")
-    X = arrays["X"]
+    """``(X, y)`` of one split; ``X`` as the network takes it unless ``preprocess`` is False (as saved).
+
+    ``X`` is whatever the modality's ``saved_inputs`` / ``model_inputs`` give: an array, or for data
+    larger than memory an array-like (a memmap, rows computed when sliced: ``X[a:b]``)."""
+    state = preprocess_state(split_dir)
+    modality = get_modality(state["modality"])
+    X = modality.saved_inputs(Path(split_dir), name, state)
     if preprocess:
-        state = preprocess_state(split_dir)
-        X = get_modality(state["modality"]).model_inputs(X, state)
-    return X, arrays["y"]
+        X = modality.model_inputs(X, state)
+    return X, load_arrays(Path(split_dir) / f"{name}.npz", "y")["y"]

@@ -148,7 +148,9 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
         plots = tmp / "plots"
         plots.mkdir()
         report, files = task.report(y["test"], out["test"], rule, split, plots)
-        files.update(modality.error_analysis(split_dir, task.worst(y["test"], out["test"], rule, split)))
+        worst = task.worst(y["test"], out["test"], rule, split)
+        files.update(modality.error_analysis(split_dir, worst))
+        modality.error_plots(split_dir, worst, plots)  # e.g. a PNG grid of the most confidently wrong images
         for name, rows in files.items():
             with open(plots / name, "w", newline="") as fh:
                 csv.writer(fh).writerows(rows)

@@ -41,6 +41,11 @@ class DataParams:
     (a store id, a count of cards) or any column; ``numeric`` for a whole-number count that would be
     taken for a code. A forced column is never dropped as an ID or a constant; a forced-numeric
     column with a value that is not a number stops collect. Not used with ``text``.
+
+    ``image`` names a column of image file paths (relative to the CSV): a ``csv:`` source is then a
+    set of labelled images (``target`` the label column), read like ``folder:<dir>`` and ``idx:<dir>``
+    sources by the image modality. ``bad_images``: unreadable, corrupt, empty or non-image files are
+    skipped and listed in the profile (``skip``) or stop collect (``error``).
     """
 
     source: str = "sklearn:digits"
@@ -50,6 +55,8 @@ class DataParams:
     text: str = ""
     empty_texts: Literal["drop", "error"] = "drop"
     columns: dict[str, str] = field(default_factory=dict)
+    image: str = ""
+    bad_images: Literal["skip", "error"] = "skip"
 
     def __post_init__(self) -> None:
         from pipelines.plugins import list_tasks
@@ -59,7 +66,7 @@ class DataParams:
                               f"got {self.task!r}")
         if not self.source.strip():
             raise ParamsError("data.source: must not be empty")
-        for key in ("target", "text"):
+        for key in ("target", "text", "image"):
             if getattr(self, key) != getattr(self, key).strip():
                 raise ParamsError(f"data.{key}: has leading/trailing spaces: {getattr(self, key)!r}")
         if self.text:
@@ -69,6 +76,14 @@ class DataParams:
                 raise ParamsError("data.task: text sources (data.text set) are classification only, got 'regression'")
             if self.drop:
                 raise ParamsError("data.drop: not used with data.text (only the text and label columns are read)")
+        if self.image:
+            if self.text:
+                raise ParamsError(f"data.image: set together with data.text ({self.text!r}); "
+                                  "a source is images or texts")
+            if self.image == self.target:
+                raise ParamsError(f"data.image: {self.image!r} is also the label column (data.target)")
+            if self.task == "regression":
+                raise ParamsError("data.task: image sources (data.image set) are classification only, got 'regression'")
         for i, name in enumerate(self.drop):
             if not name.strip():
                 raise ParamsError(f"data.drop[{i}]: empty column name")
@@ -128,6 +143,24 @@ class TextParams:
 
 
 @dataclass(frozen=True)
+class ImageParams:
+    """Decoded images (``folder:``, ``idx:`` and ``csv:`` + ``data.image`` sources; not the bundled digits).
+
+    Every image is stretched to ``size`` ``[height, width]`` (bilinear, nothing cropped) once, in
+    collect; ``channels``: 1 (gray), 3 (RGB) or ``auto`` (1 when every image is grayscale, else 3).
+    """
+
+    size: tuple[int, ...] = (64, 64)
+    channels: Union[Literal["auto"], int] = "auto"
+
+    def __post_init__(self) -> None:
+        if len(self.size) != 2 or not all(4 <= v <= 1024 for v in self.size):
+            raise ParamsError(f"image.size: expected [height, width], each in 4..1024, got {list(self.size)}")
+        if self.channels not in ("auto", 1, 3):
+            raise ParamsError(f"image.channels: expected auto, 1 or 3, got {self.channels!r}")
+
+
+@dataclass(frozen=True)
 class ModelParams:
     name: str = "cnn"
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -169,7 +202,9 @@ class TrainParams:
     seed: int = 7
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     num_threads: int = 1
-    augment: bool = False
+    # auto: the modality decides (photos: on; digits, IDX files, tables, texts: off); true: on (an error
+    # where the data has no augmentation); false: off
+    augment: Union[bool, Literal["auto"]] = "auto"
     experiment: str = "dlops"
 
     def __post_init__(self) -> None:
@@ -218,6 +253,7 @@ class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
     text: TextParams = field(default_factory=TextParams)
+    image: ImageParams = field(default_factory=ImageParams)
     model: ModelParams = field(default_factory=ModelParams)
     optim: OptimParams = field(default_factory=OptimParams)
     train: TrainParams = field(default_factory=TrainParams)

@@ -73,10 +73,11 @@ class Loaded:
 class Fitted:
     """What a modality's ``fit`` returns: its JSON state (preprocess.json), the model-input arrays of
     every row (encoded with the train-fitted state), per-row extras saved beside them, and facts
-    for split.json (``input_shape`` at least)."""
+    for split.json (``input_shape`` at least). ``X`` None: the modality wrote each split's inputs
+    into ``out`` itself (data larger than memory) and reads them back in ``saved_inputs``."""
 
     state: dict[str, Any]
-    X: np.ndarray
+    X: np.ndarray | None
     summary: dict[str, Any]
     extras: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -139,9 +140,30 @@ class Modality:
         raise NotImplementedError
 
     # design, train, evaluate
+    def saved_inputs(self, split_dir: Path, name: str, state: dict[str, Any]) -> np.ndarray:
+        """One split's inputs as ``fit`` saved them (default: ``X`` of ``<name>.npz``). A modality whose
+        ``Fitted.X`` is None saves its own files and returns an array-like here (e.g. a memmap)."""
+        from pipelines.files import load_arrays
+
+        return load_arrays(Path(split_dir) / f"{name}.npz", "X")["X"]
+
     def model_inputs(self, X: np.ndarray, state: dict[str, Any]) -> np.ndarray:
-        """Saved split arrays -> what the network is trained on (default: as saved)."""
+        """Saved split arrays -> what the network is trained on (default: as saved). May return an
+        array-like that computes rows when sliced (``len``, ``shape``, ``dtype``, ``X[a:b]``)."""
         return X
+
+    def dataset(self, split_dir: Path, name: str, state: dict[str, Any], targets: Any) -> Any:
+        """The torch ``Dataset`` of one split for training: ``(input, target)`` items (default: the
+        model inputs in memory, a ``TensorDataset``; a modality with data larger than memory streams)."""
+        import torch
+        from torch.utils.data import TensorDataset
+
+        X = self.model_inputs(self.saved_inputs(split_dir, name, state), state)
+        return TensorDataset(torch.from_numpy(np.asarray(X)), targets)
+
+    def augments_by_default(self, state: dict[str, Any]) -> bool:
+        """Whether ``train.augment: auto`` turns ``augmenter`` on for this data (default: off)."""
+        return False
 
     def data_args(self, state: dict[str, Any]) -> dict[str, Any]:
         """Facts about the data the architecture may take (``models.registry.DATA_ARGS``)."""
@@ -157,11 +179,9 @@ class Modality:
 
     def baseline_inputs(self, split_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
         """Per split, what the baselines are fitted on / score (default: the flattened model inputs)."""
-        from pipelines.files import load_arrays
-
         out = {}
         for name in SPLITS:
-            X = self.model_inputs(load_arrays(Path(split_dir) / f"{name}.npz", "X")["X"], state)
+            X = np.asarray(self.model_inputs(self.saved_inputs(split_dir, name, state), state))
             out[name] = X.reshape(len(X), -1)
         return out
 
@@ -169,6 +189,11 @@ class Modality:
         """Plot/table files (name -> CSV rows) about the test rows the model got most wrong (``worst``
         from the task: ``row``, ``actual``, ``predicted``, ``score``); default: none."""
         return {}
+
+    def error_plots(self, split_dir: Path, worst: list[dict[str, Any]], plots: Path) -> list[str]:
+        """Image files (e.g. a PNG grid of those ``worst`` test rows) written into ``plots``; their
+        names. Default: none."""
+        return []
 
     # deploy
     def export(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any], out: Path,

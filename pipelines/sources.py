@@ -2,6 +2,10 @@
 (arrays: images), a ``Table`` (a raw data frame, typed and validated by ``pipelines.tabular``) or,
 when ``data.text`` names a text column, a ``TextTable`` (validated by ``pipelines.text``).
 
+Image files (``folder:<dir>``, ``csv:<path>`` with ``data.image``) are listed as an ``ImageFiles``
+(paths + labels, decoded by the image modality) and MNIST-style IDX files (``idx:<dir>``) read as an
+``ImageArrays`` (uint8 pixels + labels).
+
 Register a new one with ``@register_source("kind:name")``; ``data.source`` picks it by name. A name
 ending in ``<arg>`` is a prefix that takes an argument: ``@register_source("csv:<path>")`` serves
 ``data.source: csv:data/churn.csv`` (the function reads the argument with ``source_arg``).
@@ -67,7 +71,31 @@ class TextTable:
     lines: tuple[int, ...] | None = None
 
 
-SourceFn = Callable[["DataParams"], Union[Dataset, Table, TextTable]]
+@dataclass(frozen=True)
+class ImageFiles:
+    """Labelled image files, not yet opened: ``paths[i]`` has label ``labels[i]``; ``names[i]`` is how
+    the profile and errors name it (relative to ``origin``). ``bad`` lists entries refused before any
+    decoding (a missing file, an empty label) as ``(name, reason)``."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[str, ...]
+    names: tuple[str, ...]
+    origin: str
+    bad: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageArrays:
+    """Labelled images already as pixels: uint8 ``X`` ``[N, H, W]`` (gray), integer labels ``y``, and
+    ``names[i]`` naming row i (``<file>#<index>``)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    names: tuple[str, ...]
+    origin: str
+
+
+SourceFn = Callable[["DataParams"], Union[Dataset, Table, TextTable, ImageFiles, ImageArrays]]
 _SOURCES: dict[str, SourceFn] = {}
 _PREFIXES: dict[str, tuple[str, tuple[str, ...]]] = {}  # "csv:" -> ("csv:<path>", accepted suffixes)
 _MODALITY: dict[str, str] = {}  # source name -> the modality that reads it (pipelines/plugins.py)
@@ -132,7 +160,7 @@ def unknown_source_hint(source: str) -> str:
                    for prefix, (name, suffixes) in _PREFIXES.items() if source.startswith(prefix) and suffixes)
 
 
-def load_source(params: DataParams) -> Dataset | Table | TextTable:
+def load_source(params: DataParams) -> Dataset | Table | TextTable | ImageFiles | ImageArrays:
     name = source_name(params.source)
     if name is None:
         raise ParamsError(f"data.source: unknown source {params.source!r} (valid: {', '.join(list_sources())})"
@@ -216,16 +244,17 @@ def _file_result(frame: pd.DataFrame, params: DataParams, path: Path,
 
 
 @register_source("csv:<path>", suffixes=(".csv", ".csv.gz"), modality="tabular")
-def csv_file(params: DataParams) -> Table | TextTable:
+def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
     """A CSV file with a header row; empty cells and the usual NA spellings are missing.
 
     With ``data.text`` every cell is read as written (a review saying "NA" is text): only empty
-    cells are missing.
+    cells are missing. With ``data.image`` it lists labelled image files (``image_list``).
     """
     import pandas as pd
 
     path = _table_file(params)
-    text_kw = {"dtype": str, "keep_default_na": False} if params.text else {"skipinitialspace": True}
+    text_kw = ({"dtype": str, "keep_default_na": False} if params.text or params.image
+               else {"skipinitialspace": True})
     try:
         _check_header(path)
         frame = pd.read_csv(path, low_memory=False, **text_kw)
@@ -237,7 +266,130 @@ def csv_file(params: DataParams) -> Table | TextTable:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable CSV file: {exc}") from None
+    if params.image:
+        return image_list(frame, params, path)
     return _file_result(frame, params, path)
+
+
+def image_list(frame: pd.DataFrame, params: DataParams, path: Path) -> ImageFiles:
+    """The rows of a CSV of image paths (relative to the CSV's folder) and labels; a row with an
+    empty path or label, or a path that is not a file, is listed as bad (CSV line numbers)."""
+    for key in ("image", "target"):
+        column = getattr(params, key)
+        if column not in frame.columns:
+            raise DataError(f"{path}: no column {column!r} (from data.{key}; "
+                            f"columns: {', '.join(map(str, frame.columns))})")
+    root = path.parent
+    paths, labels, names, bad = [], [], [], []
+    for i, (rel, label) in enumerate(zip(frame[params.image].tolist(), frame[params.target].tolist())):
+        rel, label = str(rel).strip(), str(label).strip()
+        where = f"{path}: line {i + 2}"
+        if not rel:
+            bad.append((where, f"empty {params.image!r}"))
+        elif not label:
+            bad.append((f"{rel} ({where})", f"empty label {params.target!r}"))
+        elif not (root / rel).is_file():
+            bad.append((f"{rel} ({where})", "file not found"))
+        else:
+            paths.append(root / rel)
+            labels.append(label)
+            names.append(rel)
+    return ImageFiles(tuple(paths), tuple(labels), tuple(names), str(path), tuple(bad))
+
+
+@register_source("folder:<dir>", modality="image")
+def image_folder(params: DataParams) -> ImageFiles:
+    """One sub-folder per class (``pets/cat/*.jpg``, ``pets/dog/*.png``; nested folders below a class
+    belong to it). Hidden files (``.DS_Store``) are ignored; any other file is a candidate image."""
+    root = Path(source_arg(params))
+    _no_columns(params, "folder:<dir>")
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found (from data.source {params.source!r}; "
+                        f"relative paths are from {Path.cwd()})")
+    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class sub-folders (expected one folder per class, e.g. {root}/cat/1.jpg)")
+    paths, labels, names = [], [], []
+    for folder in classes:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(root).parts):
+                paths.append(f)
+                labels.append(folder.name)
+                names.append(str(f.relative_to(root)))
+    if not paths:
+        raise DataError(f"{root}: no files in the class folders {[c.name for c in classes]}")
+    return ImageFiles(tuple(paths), tuple(labels), tuple(names), str(root))
+
+
+def _no_columns(params: DataParams, name: str) -> None:
+    for key in ("target", "drop", "image", "text", "columns"):
+        if getattr(params, key):
+            raise ParamsError(f"data.{key}: {name} sources have no columns; leave it unset")
+
+
+IDX_PARTS = ("train", "t10k")
+
+
+@register_source("idx:<dir>", modality="image")
+def idx_files(params: DataParams) -> ImageArrays:
+    """MNIST-style IDX files in one folder: ``train-images-idx3-ubyte`` + ``train-labels-idx1-ubyte``
+    and optionally the ``t10k-`` pair (``.gz`` or not; ``train-images.idx3-ubyte`` spellings too).
+    Both pairs are pooled; split then makes train/val/test with the split params."""
+    root = Path(source_arg(params))
+    _no_columns(params, "idx:<dir>")
+    if not root.is_dir():
+        raise DataError(f"{root}: folder not found (from data.source {params.source!r}; "
+                        f"relative paths are from {Path.cwd()})")
+    Xs, ys, names = [], [], []
+    for part in IDX_PARTS:
+        images, labels = _idx_path(root, part, "images", "idx3"), _idx_path(root, part, "labels", "idx1")
+        if images is None and labels is None and part != "train":
+            continue
+        for what, found in (("images", images), ("labels", labels)):
+            if found is None:
+                raise DataError(f"{root}: no {part}-{what} IDX file (expected {part}-{what}-"
+                                f"{'idx3' if what == 'images' else 'idx1'}-ubyte, optionally .gz)")
+        X, y = _read_idx(images, 3), _read_idx(labels, 1)
+        if len(X) != len(y):
+            raise DataError(f"{labels}: {len(y)} labels but {images.name} has {len(X)} images")
+        Xs.append(X)
+        ys.append(y.astype(np.int64))
+        names += [f"{images.name}#{i}" for i in range(len(X))]
+    if len({X.shape[1:] for X in Xs}) > 1:
+        raise DataError(f"{root}: train and t10k images differ in size ({[list(X.shape[1:]) for X in Xs]})")
+    return ImageArrays(np.concatenate(Xs), np.concatenate(ys), tuple(names), str(root))
+
+
+def _idx_path(root: Path, part: str, what: str, kind: str) -> Path | None:
+    found = sorted(f for f in root.iterdir() if f.is_file() and f.name.startswith(f"{part}-{what}")
+                   and kind in f.name)
+    return found[0] if found else None
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An IDX file (http://yann.lecun.com/exdb/mnist/): magic ``0 0 0x08 ndim``, big-endian int32
+    dimensions, then unsigned bytes."""
+    import gzip
+    import struct
+
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0":
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    if raw[2] != 0x08 or raw[3] != ndim:
+        raise DataError(f"{path}: expected unsigned-byte IDX data with {ndim} dimension(s), "
+                        f"got type 0x{raw[2]:02x} with {raw[3]}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims))
+    if len(raw) - header != expected:
+        raise DataError(f"{path}: IDX header says {'x'.join(map(str, dims))} = {expected:,} bytes of data, "
+                        f"file has {len(raw) - header:,} (truncated?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:

@@ -55,16 +55,18 @@ def leakage_report(X: np.ndarray, parts: dict[str, np.ndarray], max_examples: in
     flat = X.reshape(len(X), -1)
     first_seen: dict[bytes, tuple[str, int]] = {}
     dups: list[dict[str, Any]] = []
-    count = 0
+    by_split = {name: 0 for name in SPLITS[1:]}
     for name in SPLITS:
         for row in parts[name]:
             key = hashlib.blake2b(flat[row].tobytes(), digest_size=16).digest()
             seen = first_seen.setdefault(key, (name, int(row)))
             if seen[0] != name:
-                count += 1
+                by_split[name] += 1
                 if len(dups) < max_examples:
                     dups.append({"rows": [seen[1], int(row)], "splits": [seen[0], name]})
-    return {"index_overlap": overlap, "cross_split_duplicates": count, "duplicate_examples": dups}
+    # by_split: rows of val (test) whose exact duplicate is in an earlier split (train; train or val)
+    return {"index_overlap": overlap, "cross_split_duplicates": sum(by_split.values()),
+            "cross_split_duplicates_by_split": by_split, "duplicate_examples": dups}
 
 
 def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -94,7 +96,9 @@ def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
         }
         for name, rows in parts.items():
             extras = {k: v[rows] for k, v in fitted.extras.items()}
-            save_arrays(tmp / f"{name}.npz", X=fitted.X[rows], y=y[rows], index=rows, **extras)
+            if fitted.X is not None:  # None: the modality saved each split's inputs itself (e.g. a memmap)
+                extras["X"] = fitted.X[rows]
+            save_arrays(tmp / f"{name}.npz", y=y[rows], index=rows, **extras)
         write_json(tmp / "preprocess.json", state)
         write_json(tmp / "split.json", summary)
     log.info("split sizes %s (stratified on %s), input %s, cross-split duplicates %d", summary["sizes"],

@@ -14,14 +14,14 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from models.lit import LitModel
 from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
-from pipelines.data import load_split, preprocess_state
-from pipelines.files import failpoint, read_json, staged_outputs, write_json
+from pipelines.data import preprocess_state
+from pipelines.files import failpoint, load_arrays, read_json, staged_outputs, write_json
 from pipelines.params import Params, ParamsError, section_dict
 from pipelines.plugins import get_modality, get_task
 
@@ -35,22 +35,28 @@ def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoade
     """Train (shuffled with a seeded generator) and val loaders; targets as the task's loss takes them."""
     split = read_json(Path(split_dir) / "split.json")
     task = get_task(split["task"])
-    target_state = preprocess_state(split_dir)["target"]
+    state = preprocess_state(split_dir)
+    modality = get_modality(state["modality"])
     loaders = []
     for name in ("train", "val"):
-        X, y = load_split(split_dir, name)
-        ds = TensorDataset(torch.from_numpy(X), task.train_targets(y, target_state))
+        y = load_arrays(Path(split_dir) / f"{name}.npz", "y")["y"]
+        # the modality's Dataset: in memory by default, streamed from disk for large image sets
+        ds = modality.dataset(Path(split_dir), name, state, task.train_targets(y, state["target"]))
         gen = torch.Generator().manual_seed(seed)
         loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=name == "train", generator=gen))
     return loaders[0], loaders[1]
 
 
 def augmenter(params: Params, split_dir: Path) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The modality's train-time batch transform when ``train.augment`` is on."""
-    if not params.train.augment:
+    """The modality's train-time batch transform when ``train.augment`` is on (``auto``: when the
+    modality augments this data by default, e.g. photos)."""
+    if params.train.augment is False:
         return None
     state = preprocess_state(split_dir)
-    fn = get_modality(state["modality"]).augmenter(state)
+    modality = get_modality(state["modality"])
+    if params.train.augment == "auto" and not modality.augments_by_default(state):
+        return None
+    fn = modality.augmenter(state)
     if fn is None:
         raise ParamsError(f"train.augment: {state['modality']} data has no augmentation; set it to false")
     return fn

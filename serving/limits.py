@@ -1,14 +1,22 @@
-"""ASGI middleware that refuses request bodies over a size limit before they are read.
+"""What a request body may be: its size, and the shape of a ``multipart/form-data`` body.
 
 BentoML 1.4 has no body-size setting: the JSON serde reads the whole body into memory and parses it.
-A declared ``Content-Length`` over the limit is answered 413 at once, unread; a chunked body is
-counted as it arrives and cut off with 413 as soon as it passes the limit.
+``BodySizeLimitMiddleware`` answers a declared ``Content-Length`` over the limit with 413 at once,
+unread, and cuts a chunked body off with 413 as soon as it passes the limit.
+
+``parse_multipart`` splits a body that was read under that limit into its parts. BentoML's own
+multipart parser answers 500 to a missing, empty or wrong boundary or to more than 1,000 parts
+(issue 10); this one is strict, bounded (at most ``max_parts`` parts, ``MAX_PART_HEADER_BYTES`` of
+headers each) and turns every problem into a ``MultipartError`` that says what is wrong (400).
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -82,3 +90,83 @@ class BodySizeLimitMiddleware:
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------- multipart/form-data
+
+MAX_BOUNDARY = 70  # RFC 2046
+MAX_PART_HEADER_BYTES = 8 * 1024
+# one `; key=value` parameter of a header, the value a token or a quoted string with \-escapes
+_PARAM = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+class MultipartError(ValueError):
+    """A ``multipart/form-data`` body that cannot be taken apart (answered 400 with this message)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    field: str  # the form field's name
+    filename: str | None  # None: a plain form field, not a file
+    data: bytes
+
+
+def header_params(value: str) -> tuple[str, dict[str, str]]:
+    """``form-data; name="file"; filename="cat.jpg"`` -> ``("form-data", {"name": "file", ...})``;
+    ``filename*=UTF-8''...`` (RFC 5987) wins over ``filename``."""
+    main, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    for key, raw in _PARAM.findall(";" + rest):
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        key = key.lower()
+        if key.endswith("*"):
+            charset, _, encoded = raw.partition("''")
+            key, raw = key[:-1], unquote(encoded, encoding=charset or "utf-8", errors="replace")
+            params[key] = raw
+        else:
+            params.setdefault(key, raw)
+    return main.strip().lower(), params
+
+
+def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part]:
+    """The parts of a ``multipart/form-data`` body (already read whole, under the size limit)."""
+    boundary = header_params(content_type)[1].get("boundary", "")
+    if not boundary:
+        raise MultipartError("multipart/form-data without a boundary in its Content-Type header")
+    if len(boundary) > MAX_BOUNDARY or not boundary.isascii():
+        raise MultipartError(f"multipart boundary longer than {MAX_BOUNDARY} characters or not ASCII")
+    delimiter = b"\r\n--" + boundary.encode("ascii")
+    data = b"\r\n" + body  # the first delimiter needs no line break before it
+    count = data.count(delimiter)
+    if count == 0:
+        raise MultipartError(f"the body has no part starting with the boundary {boundary[:70]!r}")
+    if count - 1 > max_parts:
+        raise MultipartError(f"more than {max_parts} parts in the multipart body")
+    chunks = data.split(delimiter)  # [preamble, part, ..., "--" closing + epilogue]
+    if not chunks[-1].startswith(b"--"):
+        raise MultipartError("the multipart body ends before its closing boundary (truncated?)")
+    return [_part(chunk, i) for i, chunk in enumerate(chunks[1:-1], 1)]
+
+
+def _part(chunk: bytes, number: int) -> Part:
+    where = f"multipart part {number}"
+    line_end = chunk.find(b"\r\n")
+    if line_end < 0 or chunk[:line_end].strip(b" \t"):  # after a boundary: optional blanks, then CRLF
+        raise MultipartError(f"{where}: its boundary line is followed by other text (a closing boundary "
+                             "before the last part?)")
+    head_end = chunk.find(b"\r\n\r\n", line_end)
+    if head_end < 0 or head_end - line_end > MAX_PART_HEADER_BYTES:
+        raise MultipartError(f"{where}: no end of its headers within {MAX_PART_HEADER_BYTES} bytes")
+    disposition = None
+    for line in chunk[line_end + 2:head_end].split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise MultipartError(f"{where}: a header line without a colon")
+        if name.strip().lower() == b"content-disposition":
+            disposition = value.decode("utf-8", errors="replace")
+    kind, params = header_params(disposition or "")
+    if kind != "form-data" or "name" not in params:
+        raise MultipartError(f"{where}: no 'Content-Disposition: form-data; name=...' header")
+    return Part(field=params["name"], filename=params.get("filename"), data=chunk[head_end + 4:])

@@ -9,8 +9,9 @@ predictions comes from its task. ONNX Runtime runs in this process: no inter-pro
 batcher (the models here run in micro- to milliseconds, so a lone request never waits for a batch).
 
 The routes are a FastAPI app mounted with ``bentoml.asgi_app``: the body is read under a size limit
-and a time limit, only ``application/json`` is taken (415 otherwise), parsed once and validated by
-the modality's checks, which stop at the first problem and name it (400, ``{"error": "..."}``).
+and a time limit, only ``application/json`` is taken (415 otherwise) -- and ``multipart/form-data``
+file uploads where the request side takes files (models of image files) -- parsed once and validated
+by the modality's checks, which stop at the first problem and name it (400, ``{"error": "..."}``).
 In front of everything, admission control answers 503 with ``Retry-After`` at once when more than
 ``DLOPS_MAX_INFLIGHT`` requests are in the service, so overload sheds instead of queueing.
 
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from pipelines.modalities.schema import ModelMetadata, RequestError
 from serving.common import AdmissionControl, error_body
-from serving.limits import BodySizeLimitMiddleware
+from serving.limits import BodySizeLimitMiddleware, MultipartError, parse_multipart
 from serving.model import LoadedModel, ModelLoadError, load_model
 
 logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config shows it
@@ -46,6 +47,8 @@ BODY_TIMEOUT_S = float(os.environ.get("DLOPS_BODY_TIMEOUT_S", "10"))
 WORKERS = int(os.environ.get("DLOPS_WORKERS", "1"))
 # Tokenizing 128 long texts takes a while: requests with more items than this run off the event loop
 INLINE_MAX_ITEMS = int(os.environ.get("DLOPS_INLINE_MAX_ITEMS", "32"))
+# Parsing a body of image files (up to 32 MiB of JSON or multipart) takes tens of ms: off the event loop too
+INLINE_MAX_BYTES = int(os.environ.get("DLOPS_INLINE_MAX_BYTES", str(1024 * 1024)))
 # BentoML's per-request access log line and OpenTelemetry spans cost more CPU than the whole request
 # (benchmarks/serve_bench.py: 1.44 -> 0.84 ms without the spans, -0.3 ms without the log line); the
 # service logs what it rejects itself. DLOPS_ACCESS_LOG=1 turns BentoML's access log back on.
@@ -71,6 +74,8 @@ MANIFEST: dict[str, Any] = MODEL.manifest
 SIDE = MODEL.requests
 FIELD = SIDE.field
 ITEMS = TypeAdapter(SIDE.items_type())
+JSON, MULTIPART = "application/json", "multipart/form-data"
+CONTENT_TYPES = (JSON, MULTIPART) if SIDE.accepts_files else (JSON,)
 
 
 def _public_source(source: str) -> str:
@@ -126,8 +131,20 @@ def _request_schema() -> dict[str, Any]:
     return _inline(schema, schema.get("$defs", {}))
 
 
+def _request_content() -> dict[str, Any]:
+    """The request body's media types for /docs: JSON, and file uploads where the side takes them."""
+    content = {JSON: {"schema": _request_schema()}}
+    if SIDE.accepts_files:
+        content[MULTIPART] = {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                                    "description": f"1 to {SIDE.max_items} files, one part each (any field "
+                                                   "name; the part's filename names the prediction)"}}}}
+    return content
+
+
 ERRORS = {400: "invalid request (the message names the item and field)", 408: "the body did not arrive in time",
-          413: "body over the size limit", 415: "content type other than application/json",
+          413: "body over the size limit", 415: f"content type other than {' or '.join(CONTENT_TYPES)}",
           503: "overloaded: retry after the Retry-After header's seconds"}
 
 
@@ -148,15 +165,18 @@ def _bad(message: str, status: int = 400) -> Response:
     return _json(error_body(message), status)
 
 
-async def _read_json(request: Request) -> Any | Response:
-    """The parsed body, or the 4xx response that says why there is none."""
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/json":
-        return _bad(f"content type {content_type or 'missing'!r}: send application/json", 415)
+async def _read_body(request: Request, media_type: str) -> bytes | Response:
+    """The whole body, or the 4xx response that says why there is none."""
+    if media_type not in CONTENT_TYPES:
+        return _bad(f"content type {media_type or 'missing'!r}: send {' or '.join(CONTENT_TYPES)}", 415)
     try:
-        body = await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+        return await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
     except asyncio.TimeoutError:
         return _bad(f"the request body did not arrive within {BODY_TIMEOUT_S:g} s", 408)
+
+
+def _read_json(body: bytes) -> Any | Response:
+    """The parsed body, or the 400 response that says why there is none."""
     try:
         # stdlib json: NaN/Infinity literals parse, so the checks can name where they are
         payload = json.loads(body)
@@ -190,6 +210,30 @@ def _items(payload: Any) -> Any | Response:
         return _bad(f"{FIELD}: {exc}")
 
 
+def _files(body: bytes, content_type: str) -> Any | Response:
+    """The side's items from a multipart/form-data body: every part a file (any field name)."""
+    try:
+        parts = parse_multipart(body, content_type, SIDE.max_items)
+    except MultipartError as exc:
+        return _bad(str(exc))
+    fields = [part.field for part in parts if part.filename is None]
+    if fields:
+        return _bad(f"form field {fields[0][:60]!r} is not a file: send each image as a file part "
+                    "(curl -F file=@cat.jpg)")
+    try:
+        return SIDE.from_files([(part.filename or part.field, part.data) for part in parts])
+    except RequestError as exc:
+        return _bad(str(exc))
+
+
+def _parse(body: bytes, content_type: str, media_type: str) -> Any | Response:
+    """The validated items of a body, or the 400 response that names what is wrong."""
+    if media_type == MULTIPART:
+        return _files(body, content_type)
+    payload = _read_json(body)
+    return payload if isinstance(payload, Response) else _items(payload)
+
+
 def _predict(items: Any) -> dict[str, Any]:
     inputs = SIDE.to_inputs(items)
     rows, fields = MODEL.task.respond(MODEL.run(inputs.feeds), MANIFEST)
@@ -208,18 +252,22 @@ def _predict(items: Any) -> dict[str, Any]:
 
 @web.post("/predict", response_model=PredictResponse, tags=["Service APIs"],
           responses={code: {"model": ErrorBody, "description": text} for code, text in ERRORS.items()},
-          openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-              "schema": _request_schema()}}}})
+          openapi_extra={"requestBody": {"required": True, "content": _request_content()}})
 async def predict(request: Request) -> Response:
     """Predict 1 or more items (see the request schema for the limits)."""
-    payload = await _read_json(request)
-    if isinstance(payload, Response):
-        return payload
-    items = _items(payload)
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    body = await _read_body(request, media_type)
+    if isinstance(body, Response):
+        return body
+    if SIDE.offload and len(body) > INLINE_MAX_BYTES:
+        items = await asyncio.to_thread(_parse, body, content_type, media_type)
+    else:
+        items = _parse(body, content_type, media_type)
     if isinstance(items, Response):
         return items
     try:
-        if len(items) > INLINE_MAX_ITEMS:
+        if SIDE.offload or len(items) > INLINE_MAX_ITEMS:
             result = await asyncio.to_thread(_predict, items)
         else:
             result = _predict(items)

@@ -48,6 +48,36 @@ def build_demo_model(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_photo_model(out_dir: Path, channels: int = 3, size: tuple[int, int] = (32, 32),
+                      classes: tuple[str, ...] = ("cat", "dog", "bird"), seed: int = 0) -> Path:
+    """A model of image *files* as deploy writes it: a tiny untrained CNN taking float32 raw 0..255
+    values ``[-1, channels, H, W]`` (standardisation baked in) and a manifest whose input has
+    ``"image": {"size", "channels"}``, the contract the service decodes uploads by; ~10 s."""
+    import torch
+
+    from models.registry import create_model
+    from pipelines.export import Deployable, export_onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    shape = [channels, *size]
+    net = create_model("cnn", tuple(shape), len(classes), channels=[8, 16], hidden=32)
+    deployable = Deployable(net, {"kind": "standardize_global", "mean": 120.0, "std": 64.0}, shape)
+    export_onnx(deployable, shape, out_dir / "model.onnx")
+    manifest = {
+        "model_name": "dlops-photos-demo", "version": "3", "alias": "champion",
+        "alias_reason": "demo model for tests", "onnx_file": "model.onnx",
+        "onnx_sha256": sha256_file(out_dir / "model.onnx"), "run_id": "demo-run", "data_hash": "demo-data",
+        "git_sha": "demo-sha", "metrics": {"accuracy": 0.3, "macro_f1": 0.3}, "task": "classification",
+        "input": {"name": "input", "shape": [-1, *shape], "dtype": "float32", "value_range": [0, 255],
+                  "image": {"size": list(size), "channels": channels}},
+        "output": {"name": "logits", "shape": [-1, len(classes)], "dtype": "float32"},
+        "classes": list(classes), "bento_tag": None, "created_at": "2025-01-01T00:00:00+00:00",
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return out_dir
+
+
 # A small English + Chinese corpus for the text demo model's tokenizer (Chinese: one token a character).
 TEXT_CORPUS = [
     "this movie was great and the acting was wonderful", "worst purchase ever , do not buy",

@@ -42,8 +42,8 @@ from pipelines.files import read_json
 from pipelines.plugins import get_modality, get_task, list_modalities, list_tasks
 from tests.conftest import make_params
 
-FAMILY_INPUTS = {"models.cnn": "image", "models.mlp": "float", "models.tabular": "tabular",
-                 "models.sequence": "tokens"}
+FAMILY_INPUTS = {"models.cnn": "image", "models.resnet": "image", "models.mlp": "float",
+                 "models.tabular": "tabular", "models.sequence": "tokens"}
 MODALITY_ACCEPTS = {"image": {"image", "float"}, "tabular": {"tabular", "float"}, "text": {"tokens"}}
 # the data arg a family's constructors must take (and the others must not)
 KIND_DATA_ARG = {"tabular": "cardinalities", "tokens": "vocab_size"}
@@ -51,6 +51,7 @@ KIND_DATA_ARG = {"tabular": "cardinalities", "tokens": "vocab_size"}
 # Small enough that one epoch plus export takes seconds; an architecture not listed uses its defaults.
 TINY_KWARGS: dict[str, dict[str, Any]] = {
     "cnn": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
+    "resnet_small": {"channels": [4, 8], "dropout": 0.0},
     "mlp": {"hidden": [16], "dropout": 0.0},
     "tab_mlp": {"hidden": [16], "dropout": 0.0, "max_emb_dim": 4},
     "res_mlp": {"width": 16, "n_blocks": 1, "dropout": 0.0, "max_emb_dim": 4},

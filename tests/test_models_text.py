@@ -1,5 +1,5 @@
-"""Text families (lstm, gru, transformer): padding invariance, ONNX export with dynamic batch and
-sequence axes, the repeated-RNN-export trap, and learnability on a tiny synthetic corpus."""
+"""Text families (fasttext, textcnn, lstm, gru, transformer): padding invariance, ONNX export with
+dynamic batch and sequence axes, the repeated-RNN-export trap, and learnability on a tiny synthetic corpus."""
 
 import pytest
 import torch
@@ -7,11 +7,13 @@ import torch.nn.functional as F
 
 from models.registry import ModelError, create_model
 
-TEXT = ["lstm", "gru", "transformer"]
+TEXT = ["fasttext", "textcnn", "lstm", "gru", "transformer"]
 VOCAB = 50
 # Variants that take different code paths: unidirectional, stacked bidirectional.
 VARIANTS = [("lstm", {}), ("gru", {}), ("transformer", {}), ("lstm", {"bidirectional": False, "num_layers": 2}),
-            ("gru", {"num_layers": 2}), ("transformer", {"n_layers": 1, "max_len": 8})]
+            ("gru", {"num_layers": 2}), ("transformer", {"n_layers": 1, "max_len": 8}),
+            ("fasttext", {}), ("fasttext", {"ngrams": 1}), ("fasttext", {"ngrams": 4, "buckets": 7}),
+            ("textcnn", {}), ("textcnn", {"kernel_sizes": [1, 5], "channels": 4})]
 VARIANT_IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw in VARIANTS]
 
 
@@ -146,7 +148,7 @@ def cue_corpus(n, vocab=40, max_len=20, seed=0):
     return x * (torch.arange(max_len) < lengths[:, None]), y
 
 
-@pytest.mark.parametrize("name,lr", [("lstm", 1e-2), ("transformer", 3e-3)])
+@pytest.mark.parametrize("name,lr", [("lstm", 1e-2), ("transformer", 3e-3), ("fasttext", 1e-2), ("textcnn", 3e-3)])
 def test_learns_which_tokens_appear(name, lr):
     x, y = cue_corpus(600)
     torch.manual_seed(0)
@@ -162,3 +164,50 @@ def test_learns_which_tokens_appear(name, lr):
     with torch.no_grad():
         accuracy = (net.eval()(x[400:]).argmax(1) == y[400:]).float().mean().item()
     assert accuracy >= 0.9, f"{name} reached only {accuracy:.2f} held-out accuracy"
+
+
+# ---- fasttext: n-grams hashed inside the network ------------------------------------------------
+
+
+def test_fasttext_ngrams_see_word_order_and_unigrams_do_not():
+    text, swapped = torch.tensor([[5, 9, 12, 3]]), torch.tensor([[12, 3, 5, 9]])
+    with torch.no_grad():
+        bag = make("fasttext", ngrams=1).eval()
+        torch.testing.assert_close(bag(text), bag(swapped))
+        grams = make("fasttext").eval()
+        assert (grams(text) - grams(swapped)).abs().max() > 1e-4
+
+
+def test_fasttext_hash_stays_in_range_for_large_ids(tmp_path):
+    """Ids near the top of a 20,000-token vocabulary and a prime bucket count: the int64 rolling hash
+    (h * 1000003 + id) stays in [0, buckets), and ONNX Runtime's Mod agrees with torch's remainder."""
+    from models.sequence import HASH_MUL
+
+    net = create_model("fasttext", (16,), 2, data_args={"vocab_size": 20_000}, buckets=100_003).eval()
+    x = torch.full((3, 40), 19_999)
+    h = x[:, :-1] * HASH_MUL + x[:, 1:]
+    assert int(h.max()) < 2**62 and int(torch.remainder(h, 100_003).max()) < 100_003
+    export_and_check_parity(net, tmp_path / "big.onnx", seq_lens=(2, 3, 257), batch_sizes=(1, 3))
+    with pytest.raises(ModelError, match=r"buckets \(\d+\) too large for an int64 n-gram hash"):
+        create_model("fasttext", (16,), 2, data_args={"vocab_size": 10}, buckets=2**62)
+
+
+# ---- the service's unknown-token report (pure function, no server) ------------------------------
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_mostly_unknown_texts_are_flagged(level):
+    from pipelines.modalities.text.corpus import fit_tokenizer
+    from pipelines.modalities.text.encode import UNK_ID, encode
+    from pipelines.modalities.text.serve import unknown_notes
+    from pipelines.params import parse_params
+
+    corpus = ["这部电影太好看了 great movie", "太差了 bad movie"] * 3
+    tok = fit_tokenizer(corpus, parse_params({}).text, level)
+    ids, lengths, _ = encode(tok, ["😀😀", "这部电影太好看了", "great movie 😀", " "], 16)
+    ids[lengths == 0, 0] = UNK_ID  # as the service reads a text without tokens
+    shares, notes = unknown_notes(ids, lengths)
+    assert shares[0] == 1.0 and "mostly unknown to the model" in notes[0]
+    assert shares[1] == 0.0 and notes[1] is None
+    assert 0 < shares[2] < 0.5 and notes[2] is None
+    assert shares[3] == 1.0 and notes[3] is not None

@@ -61,6 +61,8 @@ class RequestSide:
     field: str = ""
     max_items: int = 1
     max_body_bytes: int = MAX_BODY_BYTES
+    accepts_files: bool = False  # True: multipart/form-data file uploads too (``from_files``)
+    offload: bool = False  # True: ``to_inputs`` decodes files (ms to s each), so always off the event loop
 
     def __init__(self, manifest: dict[str, Any], model_dir: Any) -> None:
         self.manifest = manifest
@@ -77,6 +79,11 @@ class RequestSide:
             raise ValueError(f"graph inputs {inputs} do not match the manifest's input {self.input_name!r}")
 
     def to_inputs(self, items: Any) -> Inputs:
+        raise NotImplementedError
+
+    def from_files(self, files: list[tuple[str, bytes]]) -> Any:
+        """Items for ``to_inputs`` from uploaded ``(file name, bytes)`` (sides that accept files);
+        ``RequestError`` naming the file at fault."""
         raise NotImplementedError
 
     def extra_fields(self) -> dict[str, Any]:

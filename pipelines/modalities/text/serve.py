@@ -4,12 +4,15 @@ model's own tokenizer and trimmed of all-padding columns.
 As for images, ``check_texts`` walks the raw JSON first and stops at the first problem, so
 an error names one text by its index and the response stays small however bad the request is; the
 typed field then documents the schema (/docs.json). A text longer than the model's ``max_len`` tokens
-is not an error: it is truncated (as in training) and the response says so.
+is not an error: it is truncated (as in training) and the response says so. So is what the model did not
+understand: each prediction carries the share of its tokens outside the vocabulary (``<unk>``), and a
+``note`` when that share is over ``MOSTLY_UNKNOWN`` (an emoji-only text, another language, a
+misspelling-ridden one): the prediction is then mostly the model's prior, however confident it looks.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import numpy as np
 from pydantic import BeforeValidator, Field
@@ -24,8 +27,10 @@ MAX_TEXT_CHARS = 10_000  # per text: far past any max_len in tokens, and it boun
 # 6 bytes a character, Python's json.dumps default) fits 64 of them
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MIN_WIDTH = 2  # columns kept by trim_padding (see there)
+MOSTLY_UNKNOWN = 0.5  # share of <unk> tokens above which a prediction gets a note
 
-__all__ = ["MAX_BODY_BYTES", "MAX_TEXTS", "MAX_TEXT_CHARS", "Texts", "check_texts", "trim_padding", "TextRequests"]
+__all__ = ["MAX_BODY_BYTES", "MAX_TEXTS", "MAX_TEXT_CHARS", "MOSTLY_UNKNOWN", "Texts", "check_texts", "trim_padding",
+           "unknown_notes", "TextRequests"]
 
 
 def _fail(where: str, problem: str, shown: str = "") -> PydanticCustomError:
@@ -69,6 +74,20 @@ def trim_padding(ids: np.ndarray) -> np.ndarray:
     used = np.flatnonzero((ids != PAD_ID).any(axis=0))
     width = max(int(used[-1]) + 1 if used.size else 0, MIN_WIDTH)
     return np.ascontiguousarray(ids[:, :width])
+
+
+def unknown_notes(ids: np.ndarray, lengths: np.ndarray) -> tuple[list[float], list[str | None]]:
+    """Per text: the share of the tokens read that are ``<unk>`` (1.0 for a text without tokens, read
+    as one unknown token) and a note when it is over ``MOSTLY_UNKNOWN``, else ``None``."""
+    from pipelines.modalities.text.encode import UNK_ID
+
+    unknown = (ids == UNK_ID).sum(axis=1)
+    read = np.maximum(lengths, 1)  # a text without tokens is read as one <unk>
+    shares = [round(float(u / n), 4) for u, n in zip(unknown, read)]
+    notes = [None if share <= MOSTLY_UNKNOWN else
+             f"mostly unknown to the model: {int(u)} of {int(n)} tokens ({share:.0%}) are not in its vocabulary, "
+             "so the prediction says little about this text" for share, u, n in zip(shares, unknown, read)]
+    return shares, notes
 
 
 class TextRequests(RequestSide):
@@ -120,21 +139,29 @@ class TextRequests(RequestSide):
         # a text the tokenizer reduces to nothing (whitespace, control characters) is read as one
         # unknown token, and flagged: tokens 0
         ids[lengths == 0, 0] = UNK_ID
-        extras = [{"tokens": int(n), "truncated": bool(t)} for n, t in zip(lengths, truncated)]
+        shares, notes = unknown_notes(ids, lengths)
+        extras = [{"tokens": int(n), "truncated": bool(t), "unknown_share": share, "note": note}
+                  for n, t, share, note in zip(lengths, truncated, shares, notes)]
         return Inputs({self.input_name: trim_padding(ids)}, extras,
                       {"truncated": int(truncated.sum()), "no_tokens": int((lengths == 0).sum()),
-                       "max_len": self.max_len})
+                       "mostly_unknown": sum(note is not None for note in notes), "max_len": self.max_len})
 
     def extra_fields(self) -> dict[str, Any]:
         return {"tokens": (int, Field(description="tokens of the text the model read (at most max_len; 0: the "
                                                   "tokenizer found none, and the model read one unknown token)")),
                 "truncated": (bool, Field(description="the text had more than max_len tokens: only the first "
-                                                      "max_len were read"))}
+                                                      "max_len were read")),
+                "unknown_share": (float, Field(description="share of the tokens read that are not in the model's "
+                                                           "vocabulary (<unk>), 0 to 1")),
+                "note": (Optional[str], Field(description=f"set when unknown_share > {MOSTLY_UNKNOWN}: the text is "
+                                                          "mostly unknown to the model"))}
 
     def notes_fields(self) -> dict[str, Any]:
         return {"truncated": (int, Field(description="texts in this request cut to max_len tokens")),
                 "no_tokens": (int, Field(description="texts in which the tokenizer found no token (whitespace, "
                                                      "control characters only)")),
+                "mostly_unknown": (int, Field(description=f"texts in this request with unknown_share > "
+                                                          f"{MOSTLY_UNKNOWN} (each has a note)")),
                 "max_len": (int, Field(description="the model's input length in tokens"))}
 
     def example(self) -> list[Any]:
