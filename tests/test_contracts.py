@@ -52,6 +52,8 @@ KIND_DATA_ARG = {"tabular": "cardinalities", "tokens": "vocab_size"}
 TINY_KWARGS: dict[str, dict[str, Any]] = {
     "cnn": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
     "resnet_small": {"channels": [4, 8], "dropout": 0.0},
+    "fasttext": {"embed_dim": 8, "buckets": 101, "dropout": 0.0},
+    "textcnn": {"embed_dim": 8, "channels": 4, "kernel_sizes": [2, 3], "dropout": 0.0},
     "mlp": {"hidden": [16], "dropout": 0.0},
     "tab_mlp": {"hidden": [16], "dropout": 0.0, "max_emb_dim": 4},
     "res_mlp": {"width": 16, "n_blocks": 1, "dropout": 0.0, "max_emb_dim": 4},

@@ -48,7 +48,12 @@ def reference(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     labels = ["positive" if p >= THRESHOLD else "negative" for p in probs[:, 1]]
-    return {"probs": probs, "labels": labels, "tokens": lengths.tolist(), "truncated": truncated.tolist()}
+    from pipelines.modalities.text.serve import unknown_notes
+
+    ids[lengths == 0, 0] = 1  # a text without tokens is read as one <unk>, as the service does
+    shares, notes = unknown_notes(ids, lengths)
+    return {"probs": probs, "labels": labels, "tokens": lengths.tolist(), "truncated": truncated.tolist(),
+            "unknown_share": shares, "note": notes}
 
 
 def check(result: dict[str, Any], model_dir: Path, texts: list[str]) -> None:
@@ -57,8 +62,9 @@ def check(result: dict[str, Any], model_dir: Path, texts: list[str]) -> None:
     np.testing.assert_allclose(np.array([p["probabilities"] for p in preds]), want["probs"], rtol=1e-5, atol=1e-6)
     assert [p["label"] for p in preds] == want["labels"]
     assert [p["tokens"] for p in preds] == want["tokens"] and [p["truncated"] for p in preds] == want["truncated"]
+    assert [p["unknown_share"] for p in preds] == want["unknown_share"] and [p["note"] for p in preds] == want["note"]
     assert result["notes"] == {"truncated": sum(want["truncated"]), "no_tokens": want["tokens"].count(0),
-                               "max_len": MAX_LEN}
+                               "mostly_unknown": sum(n is not None for n in want["note"]), "max_len": MAX_LEN}
     assert result["classes"] == ["negative", "positive"] and result["decision_threshold"] == THRESHOLD
 
 
@@ -69,7 +75,7 @@ def test_one_text(http: httpx.Client, model_dir: Path) -> None:
     result = resp.json()
     check(result, model_dir, ["这部电影太好看了"])
     assert set(result["predictions"][0]) == {"label", "class_index", "probability", "probabilities", "tokens",
-                                             "truncated"}
+                                             "truncated", "unknown_share", "note"}
     assert result["task"] == "classification" and result["target"] is None
     assert (result["model_name"], result["model_version"], result["model_alias"]) == ("dlops-text-demo", "4",
                                                                                       "champion")
@@ -216,6 +222,15 @@ def test_text_without_tokens_is_read_as_unknown_and_flagged(http: httpx.Client, 
     result = resp.json()
     assert [p["tokens"] for p in result["predictions"]][1:] == [0, 0] and result["notes"]["no_tokens"] == 2
     assert result["predictions"][1]["probabilities"] == result["predictions"][2]["probabilities"]
+
+
+def test_text_mostly_unknown_to_the_model_is_flagged(http: httpx.Client, model_dir: Path) -> None:
+    """Emoji only: every token is <unk>, so the prediction is the model's prior and the response says so."""
+    result = http.post("/predict", json={"texts": ["😀😀", "这部电影太好看了"]}).json()
+    check(result, model_dir, ["😀😀", "这部电影太好看了"])
+    emoji, film = result["predictions"]
+    assert emoji["unknown_share"] == 1.0 and "mostly unknown to the model" in emoji["note"]
+    assert film["unknown_share"] == 0.0 and film["note"] is None and result["notes"]["mostly_unknown"] == 1
 
 
 # ---- without a server -----------------------------------------------------------------------------
