@@ -30,7 +30,20 @@ def image_run(data: dict, tmp_path: Path, name: str, **over: dict) -> dict:
     return run_pipeline(params, tmp_path)
 
 
+def served_matches(work: Path, files: dict[str, bytes], tmp: Path) -> None:
+    """The deployed model behind a real ``bentoml serve``: uploaded files get the probabilities that
+    decode.py + ONNX Runtime give in-process (the pipeline's own path)."""
+    import httpx
+
+    from tests.helpers import serving
+    from tests.test_serving_images import check, upload
+
+    with serving(work / "deploy", tmp) as info, httpx.Client(base_url=info["url"], timeout=60) as http:
+        check(upload(http, files), work / "deploy", files)
+
+
 def check_common(tmp_path: Path, channels: int, classes: list[str]) -> dict:
+    assert (tmp_path / "evaluate" / "plots" / "confidently_wrong.png").stat().st_size > 0  # evaluate's grid
     split = read_json(tmp_path / "split" / "split.json")
     assert split["kind"] == "image" and split["input_shape"] == [channels, 16, 16]
     metrics = read_json(tmp_path / "evaluate" / "metrics.json")
@@ -64,6 +77,8 @@ def test_folder_through_seven_steps(tmp_path: Path, mlflow_uri: str) -> None:
     assert type(fn).__name__ == "PhotoAugment"
     assert augmenter(make_params(train={"augment": False}), tmp_path / "w" / "split") is None
     file_bytes_parity(tmp_path / "w", root)
+    files = sorted(root.rglob("*.png"))[:3] + sorted(root.rglob("*.jpg"))[:3]
+    served_matches(tmp_path / "w", {f.name: f.read_bytes() for f in files}, tmp_path)
 
 
 def error_grid(work: Path, plots: Path) -> None:
@@ -113,6 +128,20 @@ def test_idx_through_seven_steps(tmp_path: Path, mlflow_uri: str) -> None:
     image_run({"source": f"idx:{root}"}, tmp_path / "w", "mnist-test", image={"size": [16, 16]})
     check_common(tmp_path / "w", 1, ["0", "1", "2"])
     assert augmenter(make_params(train={"augment": "auto"}), tmp_path / "w" / "split") is None  # digits: off
+    import io
+
+    from PIL import Image
+
+    from pipelines.plugins import get_modality
+
+    state = read_json(tmp_path / "w" / "split" / "preprocess.json")
+    pixels = get_modality("image").saved_inputs(tmp_path / "w" / "split", "test", state)[:4]
+    files = {}
+    for i, image in enumerate(np.asarray(pixels)):  # test digits as the PNG files a user would upload
+        buf = io.BytesIO()
+        Image.fromarray(image[0]).save(buf, "PNG")
+        files[f"digit{i}.png"] = buf.getvalue()
+    served_matches(tmp_path / "w", files, tmp_path)
 
 
 @pytest.mark.slow
@@ -122,3 +151,5 @@ def test_csv_of_paths_through_seven_steps(tmp_path: Path, mlflow_uri: str) -> No
               train={"augment": False})
     check_common(tmp_path / "w", 3, sorted(CLASSES))
     assert read_json(tmp_path / "w" / "collect" / "profile.json")["image"]["bad_files"]["count"] == 2
+    files = sorted(csv.parent.rglob("*.png"))[:4]
+    served_matches(tmp_path / "w", {f.name: f.read_bytes() for f in files}, tmp_path)
