@@ -13,6 +13,7 @@ headers each) and turns every problem into a ``MultipartError`` that says what i
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -170,3 +171,73 @@ def _part(chunk: bytes, number: int) -> Part:
     if kind != "form-data" or "name" not in params:
         raise MultipartError(f"{where}: no 'Content-Disposition: form-data; name=...' header")
     return Part(field=params["name"], filename=params.get("filename"), data=chunk[head_end + 4:])
+
+
+# ---- request headers: a time limit -----------------------------------------------------------------------
+
+HEADER_TIMEOUT_S = float(os.environ.get("DLOPS_HEADER_TIMEOUT_S", "10"))
+
+
+def _header_timeout_protocol() -> type:
+    """uvicorn's httptools protocol with a time limit on request headers. uvicorn has none: a client
+    that sends its headers a byte at a time (or opens a connection and sends nothing) holds it open
+    forever. The clock starts when the connection opens and when a request's first byte arrives, and
+    stops when its headers are complete; past ``HEADER_TIMEOUT_S`` the client gets 408 and the
+    connection is closed. (Idle keep-alive connections are uvicorn's ``timeout_keep_alive``.)"""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    body = json.dumps({"error": f"request headers did not arrive within {HEADER_TIMEOUT_S:g} s"}).encode()
+    reply = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: "
+             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._expired)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.write(reply)
+                self.transport.close()
+
+    return HeaderTimeoutProtocol
+
+
+def install_header_timeout() -> None:
+    """Make uvicorn (started by BentoML, which passes no protocol option) use ``HeaderTimeoutProtocol``
+    for ``http="auto"``, its default. Without httptools (pinned in requirements) nothing changes."""
+    global HeaderTimeoutProtocol
+    try:
+        import uvicorn.config
+
+        HeaderTimeoutProtocol = _header_timeout_protocol()
+    except ImportError:
+        return
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = f"{__name__}:HeaderTimeoutProtocol"
+
+
+HeaderTimeoutProtocol: Any = None

@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from pipelines.modalities.schema import ModelMetadata, RequestError
 from serving.common import AdmissionControl, error_body
-from serving.limits import BodySizeLimitMiddleware, MultipartError, parse_multipart
+from serving.limits import BodySizeLimitMiddleware, MultipartError, install_header_timeout, parse_multipart
 from serving.model import LoadedModel, ModelLoadError, load_model
 
 logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config shows it
@@ -348,3 +348,4 @@ Predictor.add_asgi_middleware(BodySizeLimitMiddleware, max_bytes=SIDE.max_body_b
 Predictor.add_asgi_middleware(AdmissionControl, max_inflight=MAX_INFLIGHT, paths=("/predict",),
                               on_shed=lambda: rejected.labels(reason="503").inc())
 _admission_control_first()
+install_header_timeout()  # DLOPS_HEADER_TIMEOUT_S (10): slow or silent clients get 408
