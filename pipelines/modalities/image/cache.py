@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.files import DataError
-from pipelines.modalities.image.decode import ImageDecodeError, channels_of, open_image, to_array
+from pipelines.modalities.image.decode import ImageDecodeError, decode_with_info, to_array
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,7 @@ def _decoded(source: Any, size: tuple[int, int], channels: int, cache: Cache, po
         for path, label, name in zip(source.paths, source.labels, source.names):
             try:
                 data = Path(path).read_bytes()
-                img = open_image(data, name)
-                found = channels_of(img)
-                arr = to_array(img, size, channels)
+                arr, info = decode_with_info(data, name, size, channels)  # the service's own decode
             except OSError as exc:
                 _bad(cache, name, f"{name}: cannot read ({exc.strerror})", policy)
                 continue
@@ -246,7 +244,7 @@ def _decoded(source: Any, size: tuple[int, int], channels: int, cache: Cache, po
                 _bad(cache, name, str(exc), policy)
                 continue
             cache.file_hashes.append(hashlib.sha256(data).hexdigest())
-            yield label, name, arr, (f"{img.size[0]}x{img.size[1]}", img.mode, found)
+            yield label, name, arr, (info["size"], info["mode"], info["channels"])
         return
     h0, w0 = source.X.shape[1:]  # ImageArrays: gray pixels, resized like any gray image
     for x, label, name in zip(source.X, source.y, source.names):
