@@ -31,7 +31,9 @@ import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("pipelines", "models", "serving", "data", "dvc.yaml", ".gitignore", ".dvcignore")
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import copy_project  # noqa: E402  (the project files dvc repro needs)
 
 
 def scale_table(n: int, seed: int = 0) -> pd.DataFrame:
@@ -69,12 +71,7 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str]) -> None:
 
 def setup(repo: Path, rows: int, overrides: dict[str, dict], env: dict[str, str]) -> float:
     """Fresh git + DVC copy of the project with the table added; returns seconds to write the CSV."""
-    for name in PROJECT:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy(src, repo / name)
+    copy_project(repo)
     params = yaml.safe_load((ROOT / "presets" / "breast_cancer.yaml").read_text())
     params["data"].update(source="csv:data/raw/scale.csv", target="churned", task="auto")
     for section, values in overrides.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -219,3 +220,18 @@ def serving(model_dir: Path, work: Path, timeout: float = 90.0,
         raise
     finally:
         stop_server(proc)
+
+
+# What `dvc repro` needs of the project, copied into a fresh git + DVC repo by the pipeline tests
+PROJECT = ("pipelines", "models", "serving", "data", "dvc.yaml", ".gitignore", ".dvcignore")
+
+
+def copy_project(dest: Path) -> None:
+    """The project's code, dvc.yaml and data folder into ``dest`` (no caches, no artifacts)."""
+    root = Path(__file__).resolve().parents[1]
+    for name in PROJECT:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy(src, dest / name)

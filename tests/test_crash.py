@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY, VENV_BIN
-from tests.helpers import serving
+from tests.helpers import copy_project, serving
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +30,7 @@ TAGS = ("test_accuracy", "primary_metric", "data_hash", "gate", "onnx_sha256", "
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     repo = tmp_path_factory.mktemp("crash-project")
-    for name in ("pipelines", "models", "serving", "data", "dvc.yaml", ".gitignore", ".dvcignore"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / name)
+    copy_project(repo)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         raw[section].update(values)

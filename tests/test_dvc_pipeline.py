@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY, VENV_BIN
+from tests.helpers import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,7 @@ def mlflow_runs(db: Path) -> int:
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC repo with the project's code, dvc.yaml and tiny params, committed."""
     repo = tmp_path_factory.mktemp("project")
-    for name in ("pipelines", "models", "serving", "data", "dvc.yaml", ".gitignore", ".dvcignore"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / name)
+    copy_project(repo)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY.items():
         raw[section].update(values)

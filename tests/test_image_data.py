@@ -99,7 +99,7 @@ def make_csv(root: Path, per_class: int = 40) -> Path:
             rel = f"img/{name}_{i}.png"
             Image.fromarray(pattern(label, rng)).save(root / rel)
             lines.append(f"{rel},{name}")
-    lines += ["img/missing.png,dark", f"img/dark_0.png,"]
+    lines += ["img/missing.png,dark", "img/dark_0.png,"]
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root / "labels.csv"
 

@@ -17,12 +17,12 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, STEPS, VENV_BIN
+from tests.helpers import copy_project
 from tests.test_dvc_pipeline import dvc, sh, stages_run
 
 pytestmark = pytest.mark.slow
 
 PRESETS = sorted((ROOT / "presets").glob("*.yaml"))
-PROJECT = ("pipelines", "models", "serving", "data", "dvc.yaml", ".gitignore", ".dvcignore")
 
 EN = {  # short reviews per label; the generated corpus mixes them with Chinese ones
     "positive": ["Great phone, the battery lasts all day.", "Loved the film, wonderful acting.",
@@ -36,16 +36,6 @@ ZH = {
 }
 OPENERS = {"en": ["", "Honestly, ", "Overall: ", "Bought it last week. ", "Second visit. ", "In short, "],
            "zh": ["", "说实话，", "总的来说，", "上周买的，", "第二次来了，", "简单说，"]}
-
-
-def copy_project(dest: Path) -> None:
-    """The files `dvc repro` needs, as the `repo` fixture in test_dvc_pipeline.py copies them."""
-    for name in PROJECT:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy(src, dest / name)
 
 
 def stand_in_outputs(repo: Path) -> None:
