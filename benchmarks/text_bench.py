@@ -69,6 +69,7 @@ def plain_loop_seconds(work: Path, params: Any, epochs: int) -> float:
     from models.registry import create_model
     from pipelines.files import read_json
     from pipelines.train import make_loaders
+    from train_overhead import plain_loop  # the digits benchmark's reference loop (benchmarks/ is on sys.path)
 
     spec = read_json(work / "design" / "model_spec.json")
     train_dl, val_dl = make_loaders(work / "split", params.train.batch_size, params.train.seed)
@@ -76,19 +77,7 @@ def plain_loop_seconds(work: Path, params: Any, epochs: int) -> float:
     model = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"],
                          data_args=spec["data_args"], **spec["kwargs"])
     opt = torch.optim.AdamW(model.parameters(), lr=params.optim.lr, weight_decay=params.optim.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    started = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for x, y in train_dl:
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            for x, y in val_dl:
-                loss_fn(model(x), y)
-    return round(time.perf_counter() - started, 3)
+    return round(plain_loop(model, opt, train_dl, val_dl, epochs), 3)
 
 
 def run_once(corpus: pd.DataFrame, n_train: int, seed: int, arch: str, args: argparse.Namespace) -> dict[str, Any]:

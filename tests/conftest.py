@@ -24,6 +24,18 @@ TINY = {
 }
 
 
+def write_tiny_params(repo: Path, **sections: dict) -> None:
+    """``repo/params.yaml``: the project's complete params.yaml with TINY (then ``sections``) merged in,
+    for the tests that run a real ``dvc repro`` in a copy of the project."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for overrides in (TINY, sections):
+        for section, values in overrides.items():
+            raw[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def make_params(**sections: dict) -> Params:
     """TINY params with per-section overrides merged in."""
     raw = {k: dict(v) for k, v in TINY.items()}

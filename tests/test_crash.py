@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, VENV_BIN
+from tests.conftest import VENV_BIN, write_tiny_params
 from tests.helpers import copy_project, serving
 
 pytestmark = pytest.mark.slow
@@ -31,12 +31,7 @@ TAGS = ("test_accuracy", "primary_metric", "data_hash", "gate", "onnx_sha256", "
 def project(tmp_path_factory: pytest.TempPathFactory) -> dict:
     repo = tmp_path_factory.mktemp("crash-project")
     copy_project(repo)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        raw[section].update(values)
-    raw["deploy"]["model_name"] = NAME
-    raw["train"]["epochs"] = 1
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_tiny_params(repo, deploy={"model_name": NAME}, train={"epochs": 1})
     tmpdir = tmp_path_factory.mktemp("tmpdir")
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmpdir),
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, VENV_BIN
+from tests.conftest import VENV_BIN, write_tiny_params
 from tests.helpers import copy_project
 
 pytestmark = pytest.mark.slow
@@ -48,10 +48,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git+DVC repo with the project's code, dvc.yaml and tiny params, committed."""
     repo = tmp_path_factory.mktemp("project")
     copy_project(repo)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        raw[section].update(values)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_tiny_params(repo)
     return repo
 
 

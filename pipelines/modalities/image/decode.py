@@ -41,8 +41,9 @@ def open_image(data: bytes, name: str, draft: tuple[int, int] | None = None) -> 
     # Pillow refuses above 2x its limit and only warns between 1x and 2x; the size is checked here,
     # from the header, before any pixel is decoded (a check that also holds in threads, where
     # warnings.catch_warnings does not)
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    if Image.MAX_IMAGE_PIXELS != MAX_PIXELS:  # once per process (a filter added per call resets warnings' caches)
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
