@@ -10,9 +10,12 @@ import torch
 from torch import Tensor, nn
 
 
-def make_loss(cfg: dict[str, Any]) -> nn.Module:
-    """Loss from the ``loss`` block of recipe.json."""
+def make_loss(cfg: dict[str, Any]) -> nn.Module | None:
+    """Loss from the ``loss`` block of recipe.json (None: the task computes its own, e.g. an
+    autoencoder's reconstruction error)."""
     name = cfg["name"]
+    if name in ("reconstruction", "adversarial"):
+        return None
     if name == "cross_entropy":
         weight = torch.tensor(cfg["class_weights"], dtype=torch.float32) if cfg.get("class_weights") else None
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.get("label_smoothing", 0.0))
@@ -74,7 +77,8 @@ class LitModel(L.LightningModule):
         x, y = batch
         if stage == "train" and self.augment is not None:
             x = self.augment(x)
-        loss, metrics = self.task.step(self.net(x), y, self.loss_fn if stage == "train" else self.val_loss_fn)
+        loss, metrics = self.task.training_loss(self.net, x, y, self.loss_fn if stage == "train" else self.val_loss_fn,
+                                                stage)
         for name, value in metrics.items():
             self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True)
         self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")

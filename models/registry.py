@@ -16,7 +16,8 @@ from models import ModelError
 __all__ = ["ModelError", "register_model", "unregister_model", "list_models", "get_model_class", "check_kwargs", "create_model"]
 
 # One module per family; imported on first use so that importing the registry stays cheap.
-FAMILIES = ("models.mlp", "models.cnn", "models.resnet", "models.tabular", "models.sequence")
+FAMILIES = ("models.mlp", "models.cnn", "models.resnet", "models.tabular", "models.sequence", "models.autoencoder",
+            "models.gan")
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 

@@ -33,9 +33,9 @@ def find_lr(params: Params, split_dir: Path, spec: dict[str, Any], recipe: dict[
     from pipelines.train import build_model, make_loaders
 
     L.seed_everything(params.train.seed, workers=True, verbose=False)
-    train_dl, val_dl = make_loaders(split_dir, params.train.batch_size, params.train.seed)
+    train_dl, val_dl = make_loaders(split_dir, params.train.batch_size, params.train.seed, params)
     probe = dict(recipe, optimizer=dict(recipe["optimizer"], lr=1e-3), scheduler={"name": "none"})
-    lit = build_model(spec, probe, params.train.epochs, augment=None)
+    lit = build_model(spec, probe, params.train.epochs, None, split_dir, params)
     with tempfile.TemporaryDirectory(prefix="lr-find-") as tmp:  # lr_find writes a checkpoint there
         trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp)
@@ -55,7 +55,7 @@ def run(params: Params, split_dir: Path, design_dir: Path, out_dir: Path) -> dic
     split = read_json(Path(split_dir) / "split.json")
     spec = read_json(Path(design_dir) / "model_spec.json")
     y_train = load_arrays(Path(split_dir) / "train.npz", "y")["y"]
-    task = get_task(split["task"])
+    task = get_task(split["task"], params)
     recipe: dict[str, Any] = {
         "task": task.name,
         "params": section_dict(p),

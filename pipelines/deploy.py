@@ -224,8 +224,9 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
     gate = read_json(evaluate_dir / "gate.json")
     metrics = read_json(evaluate_dir / "metrics.json")
     state = preprocess_state(split_dir)
-    modality, task = get_modality(split["kind"]), get_task(split["task"])
+    modality, task = get_modality(split["kind"]), get_task(split["task"], params)
     head = task.export_head(load_network(train_dir / "model.pt"), state["target"])
+    rule = gate.get("rule") or {}
 
     journal = Path(out_dir).parent / JOURNAL
     if p.register:
@@ -233,7 +234,7 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
     try:
         with staged_outputs(out_dir, replace=True) as tmp:
             started = time.perf_counter()
-            exported = modality.export(head, split_dir, state, split, tmp, task.output_name)
+            exported = task.export(modality, head, split_dir, state, split, tmp)
             session = make_session(tmp / "model.onnx")
             report = _checked(parity(session, exported, task, state["target"], p), p)
             report["export"]["seconds"] = round(time.perf_counter() - started, 2)
@@ -247,10 +248,9 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
                 "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
                 "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
                 "primary_metric": gate["metric"], "gate": gate["passed"],
-                "decision_threshold": gate.get("decision_threshold"),
-                "task": task.name, "kind": modality.name, "target": split.get("target"),
-                "input": exported.input_schema,
-                "output": {"name": task.output_name, "shape": [-1, task.num_outputs(split)], "dtype": "float32"},
+                "decision_threshold": gate.get("decision_threshold"), "rule": rule,
+                "task": task.name, "route": task.route, "kind": modality.name, "target": split.get("target"),
+                "input": exported.input_schema, "output": task.output_spec(split, rule),
                 "classes": split.get("classes"), "bento_tag": None,
                 "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "params": section_dict(p),

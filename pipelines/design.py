@@ -10,9 +10,23 @@ from pipelines.cli import step_main
 from pipelines.data import load_split, preprocess_state
 from pipelines.files import read_json, staged_outputs, write_json
 from pipelines.params import Params
-from pipelines.plugins import get_modality, get_task
+from pipelines.plugins import Task, get_modality, get_task
 
 log = logging.getLogger(__name__)
+
+
+def check_kind(name: str, task: Task) -> None:
+    """Refuse an architecture of another kind than the task trains (a classifier for an anomaly task)."""
+    from models import ModelError
+    from models.registry import get_model_class, list_models
+
+    def kind(arch: str) -> str:
+        return getattr(get_model_class(arch), "kind", "predictor")
+
+    if kind(name) != task.model_kind:
+        fitting = [m for m in list_models() if kind(m) == task.model_kind]
+        raise ModelError(f"model.name: {name!r} is a {kind(name)}; a {task.name} task trains a {task.model_kind} "
+                         f"(valid: {', '.join(fitting) or 'none registered'})")
 
 
 def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -21,11 +35,12 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     from models.registry import check_kwargs, create_model
 
     check_kwargs(params.model.name, params.model.kwargs)  # fail on a typo before paying for torch
+    split = read_json(Path(split_dir) / "split.json")
+    task = get_task(split["task"], params)
+    check_kind(params.model.name, task)
     import torch
 
-    split = read_json(Path(split_dir) / "split.json")
     input_shape = split["input_shape"]
-    task = get_task(split["task"])
     num_outputs = task.num_outputs(split)
     data_args = get_modality(split["kind"]).data_args(preprocess_state(Path(split_dir)))
     net = create_model(params.model.name, input_shape, num_outputs, data_args=data_args, **params.model.kwargs)
@@ -34,14 +49,10 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
     batch = torch.from_numpy(X[:2])  # float features/images, or int64 token ids
     net.eval()
     try:
-        with torch.no_grad():
-            out = net(batch)
+        checked = task.dry_run(net, batch, split)
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise ModelError(f"model.name: {params.model.name!r} cannot take {split['kind']} inputs "
                          f"({batch.dtype}, shape {list(batch.shape[1:])}): {exc}") from None
-    expected = (len(batch), num_outputs)
-    if tuple(out.shape) != expected:
-        raise ValueError(f"{params.model.name}: dry run produced {tuple(out.shape)}, expected {expected}")
     spec = {
         "arch": params.model.name,
         "kwargs": params.model.kwargs,
@@ -49,13 +60,12 @@ def run(params: Params, split_dir: Path, out_dir: Path) -> dict[str, Any]:
         "task": task.name,
         "kind": split["kind"],
         "input": {"name": "input", "shape": [-1, *input_shape], "dtype": str(X.dtype)},
-        "output": {"name": task.output_name,
-                   "shape": [-1, num_outputs], "dtype": "float32"},
+        "output": checked["output"],
         "num_outputs": num_outputs,
         "classes": split.get("classes"),
         "param_count": sum(p.numel() for p in net.parameters()),
         "trainable_params": sum(p.numel() for p in net.parameters() if p.requires_grad),
-        "dry_run": {"batch": len(batch), "output_shape": list(out.shape), "finite": bool(torch.isfinite(out).all())},
+        "dry_run": checked["dry_run"],
     }
     with staged_outputs(out_dir) as tmp:
         write_json(tmp / "model_spec.json", spec)

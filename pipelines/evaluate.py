@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 # boosting on 650k rows takes ~40 s on 2 cores and gains next to nothing over 250k.
 BASELINE_MAX_TRAIN_ROWS = 250_000
 
+# Every CSV file that dvc.yaml plots from artifacts/evaluate/plots, with its header: a task writes the
+# ones that apply to it, evaluate writes the rest with the header alone (a file with no rows draws
+# nothing and raises no warning, where a missing file would).
+PLOT_HEADERS = {"confusion.csv": ("actual", "predicted"), "roc.csv": ("fpr", "tpr"),
+                "pr.csv": ("recall", "precision"), "predictions.csv": ("actual", "predicted"),
+                "embedding.csv": ("pc1", "pc2", "group")}
+
 
 def load_network(checkpoint: Path) -> Any:
     """Rebuild the plain ``nn.Module`` from a checkpoint that carries arch + kwargs (no pickles)."""
@@ -66,17 +73,22 @@ def check_params(p: EvaluateParams, modality: Modality, task: Task, factories: d
 
 def run_baselines(p: EvaluateParams, task: Task, factories: dict[str, Any], inputs: dict[str, Any],
                   y: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Fit each baseline on train and score it like the network (its own rule, tuned on val)."""
+    """Fit each baseline on the train rows the network learnt from and score it like the network
+    (its own rule, fitted on the same splits)."""
     results: dict[str, dict[str, Any]] = {}
     if not p.baselines:
         return results
-    X_train, y_train = baseline_train_set(inputs["train"], y["train"])
+    X_train, y_train = inputs["train"], y["train"]
+    rows = task.train_rows(y_train)
+    if rows is not None:  # e.g. an anomaly task's normal rows
+        X_train, y_train = _rows(X_train, rows), y_train[rows]
+    X_train, y_train = baseline_train_set(X_train, y_train)
     for name in p.baselines:
         started = time.perf_counter()
         model = factories[name]().fit(X_train, y_train)
-        val, test = (task.estimator_outputs(model, inputs[s]) for s in ("val", "test"))
-        metrics, rule = task.score(y["val"], val, y["test"], test, p)
-        if rule:
+        outputs = {s: task.estimator_outputs(model, inputs[s]) for s in task.scored_splits}
+        metrics, rule = task.score(y, outputs, p)
+        if "value" in rule:
             metrics["threshold"] = rule["value"]
         results[name] = {**metrics, "fit_seconds": round(time.perf_counter() - started, 3)}
     return results
@@ -87,7 +99,11 @@ def baseline_train_set(X: Any, y: np.ndarray, cap: int = BASELINE_MAX_TRAIN_ROWS
     if len(y) <= cap:
         return X, y
     rows = np.sort(np.random.default_rng(0).choice(len(y), cap, replace=False))
-    return (X[rows] if isinstance(X, np.ndarray) else [X[i] for i in rows]), y[rows]
+    return _rows(X, rows), y[rows]
+
+
+def _rows(X: Any, rows: np.ndarray) -> Any:
+    return X[rows] if isinstance(X, np.ndarray) else [X[i] for i in rows]
 
 
 def verdict(metrics: dict[str, Any], metric: str) -> None:
@@ -117,15 +133,15 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
     split_dir, train_dir = Path(split_dir), Path(train_dir)
     split = read_json(split_dir / "split.json")
     state = preprocess_state(split_dir)
-    modality, task = get_modality(split["kind"]), get_task(split["task"])
+    modality, task = get_modality(split["kind"]), get_task(split["task"], params)
     factories = modality.baselines(task, split_dir, state)
     metric, why = check_params(p, modality, task, factories, split)
     run_info = read_json(train_dir / "run.json")
-    net = load_network(train_dir / "model.pt")
-    data = {s: load_split(split_dir, s) for s in ("val", "test")}
+    net = task.head(load_network(train_dir / "model.pt"), state["target"])
     y = {s: load_split(split_dir, s, preprocess=False)[1] for s in SPLITS}
-    out = {s: task.network_outputs(predict_outputs(net, data[s][0]), state["target"]) for s in ("val", "test")}
-    scored, rule = task.score(y["val"], out["val"], y["test"], out["test"], p)
+    task.prepare(net, split_dir, state, split)
+    out = {s: task.outputs(net, split_dir, s, state) for s in task.scored_splits}
+    scored, rule = task.score(y, out, p)
     if metric not in scored:
         raise ParamsError(f"evaluate.metric: {metric!r} is not defined for this data "
                           f"(available: {', '.join(k for k in task.metrics if k in scored)})")
@@ -134,7 +150,7 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
         metrics["threshold"] = rule
     metrics["fit_seconds"] = run_info["fit_seconds"]  # beside the baselines' own, for "is it worth it?"
     metrics["primary_metric"] = {"name": metric, "why": why}
-    inputs = modality.baseline_inputs(split_dir, state) if p.baselines else {}
+    inputs = task.baseline_inputs(modality, split_dir, state) if p.baselines else {}
     metrics["baselines"] = run_baselines(p, task, factories, inputs, y)
     if p.baselines and len(y["train"]) > BASELINE_MAX_TRAIN_ROWS:
         metrics["baseline_train_rows"] = {
@@ -142,8 +158,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
             "why": f"baselines fit on a seeded sample of {BASELINE_MAX_TRAIN_ROWS} train rows (the network on all); "
                    "val and test are complete, so every model is scored on the same rows"}
     verdict(metrics, metric)
-    result = {**gate(p, metric, metrics), "decision_threshold": rule.get("value"), "run_id": run_info["run_id"],
-              "params": section_dict(p)}
+    result = {**gate(p, metric, metrics), "decision_threshold": rule.get("value"), "rule": rule,
+              "run_id": run_info["run_id"], "params": section_dict(p)}
     with staged_outputs(out_dir) as tmp:
         plots = tmp / "plots"
         plots.mkdir()
@@ -151,6 +167,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
         worst = task.worst(y["test"], out["test"], rule, split)
         files.update(modality.error_analysis(split_dir, worst))
         modality.error_plots(split_dir, worst, plots)  # e.g. a PNG grid of the most confidently wrong images
+        for name, header in PLOT_HEADERS.items():  # the other tasks' plots: header only, drawn empty
+            files.setdefault(name, [header])
         for name, rows in files.items():
             with open(plots / name, "w", newline="") as fh:
                 csv.writer(fh).writerows(rows)

@@ -72,8 +72,8 @@ class DataParams:
         if self.text:
             if self.text == self.target:
                 raise ParamsError(f"data.text: {self.text!r} is also the label column (data.target)")
-            if self.task == "regression":
-                raise ParamsError("data.task: text sources (data.text set) are classification only, got 'regression'")
+            if self.task not in ("auto", "classification"):
+                raise ParamsError(f"data.task: text sources (data.text set) are classification only, got {self.task!r}")
             if self.drop:
                 raise ParamsError("data.drop: not used with data.text (only the text and label columns are read)")
         if self.image:
@@ -224,7 +224,8 @@ class EvaluateParams:
     min_score: float = 0.0
     # binary classification: each model's decision threshold tuned on the validation split for this objective
     threshold_objective: Literal["f1", "balanced_accuracy", "none"] = "f1"
-    baselines: tuple[Literal["logreg", "svc", "knn", "gboost", "linear", "tfidf_logreg"], ...] = ("logreg", "svc")
+    baselines: tuple[Literal["logreg", "svc", "knn", "gboost", "linear", "tfidf_logreg", "isolation_forest",
+                              "knn_distance", "pca_error", "pca_kmeans", "gmm"], ...] = ("logreg", "svc")
 
     def __post_init__(self) -> None:
         if not self.metric.strip():
@@ -249,6 +250,75 @@ class DeployParams:
 
 
 @dataclass(frozen=True)
+class AnomalyParams:
+    """``data.task: anomaly``: an autoencoder's reconstruction error is the anomaly score.
+
+    ``train_on``: ``normal`` trains the network (and fits every baseline) on the train rows labelled
+    normal only -- when the data has labels; ``all`` on every train row. ``anomaly_label``: the target
+    value that marks an anomaly (empty: the minority class). ``denoise``: input noise level while
+    training (0: a plain autoencoder). ``percentile``: without labels, a row is flagged when its score is
+    above this percentile of the validation scores (with labels the threshold maximises F1 on val).
+    """
+
+    train_on: Literal["normal", "all"] = "normal"
+    anomaly_label: str = ""
+    denoise: float = 0.0
+    percentile: float = 99.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.denoise <= 5.0:
+            raise ParamsError(f"anomaly.denoise: must be in [0, 5], got {self.denoise}")
+        if not 50.0 <= self.percentile < 100.0:
+            raise ParamsError(f"anomaly.percentile: must be in [50, 100), got {self.percentile}")
+
+
+@dataclass(frozen=True)
+class EmbeddingParams:
+    """``data.task: embedding``: an autoencoder's latent vectors, clustered with k-means.
+
+    ``clusters``: k, or ``auto`` (k in 2..``max_clusters`` with the best silhouette on validation).
+    k-means is fitted on the train vectors (for the network and the PCA baseline alike).
+    ``denoise``: input noise level while training (0: a plain autoencoder).
+    """
+
+    clusters: Union[int, Literal["auto"]] = "auto"
+    max_clusters: int = 12
+    denoise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.clusters != "auto" and not 2 <= self.clusters <= 1000:
+            raise ParamsError(f"embedding.clusters: must be 'auto' or in 2..1000, got {self.clusters}")
+        if not 2 <= self.max_clusters <= 1000:
+            raise ParamsError(f"embedding.max_clusters: must be in 2..1000, got {self.max_clusters}")
+        if not 0.0 <= self.denoise <= 5.0:
+            raise ParamsError(f"embedding.denoise: must be in [0, 5], got {self.denoise}")
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """``data.task: generation``: a GAN for images, judged by a classifier trained on the same data.
+
+    ``conditional``: the generator takes a class (needs labels). Evaluate draws ``samples`` images
+    from the generator (and from each baseline) and counts those the judge classifies (as the requested
+    class, when conditional) with probability >= ``confidence``; the judge is a CNN trained for
+    ``judge_epochs`` epochs on the train split by the classification task's loss.
+    """
+
+    conditional: bool = True
+    samples: int = 1000
+    confidence: float = 0.9
+    judge_epochs: int = 30
+
+    def __post_init__(self) -> None:
+        if not 10 <= self.samples <= 100_000:
+            raise ParamsError(f"generation.samples: must be in 10..100000, got {self.samples}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ParamsError(f"generation.confidence: must be in (0, 1), got {self.confidence}")
+        if self.judge_epochs < 1:
+            raise ParamsError(f"generation.judge_epochs: must be >= 1, got {self.judge_epochs}")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
@@ -259,6 +329,9 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     deploy: DeployParams = field(default_factory=DeployParams)
+    anomaly: AnomalyParams = field(default_factory=AnomalyParams)
+    embedding: EmbeddingParams = field(default_factory=EmbeddingParams)
+    generation: GenerationParams = field(default_factory=GenerationParams)
 
 
 def _type_name(tp: Any) -> str:

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 
 MODALITY_MODULES = ("pipelines.modalities.image.plugin", "pipelines.modalities.tabular.plugin",
                     "pipelines.modalities.text.plugin")
-TASK_MODULES = ("pipelines.tasks.classification", "pipelines.tasks.regression")
+TASK_MODULES = ("pipelines.tasks.classification", "pipelines.tasks.regression", "pipelines.tasks.anomaly",
+                "pipelines.tasks.embedding", "pipelines.tasks.generation")
 
 SPLITS = ("train", "val", "test")
 ONNX_OPSET = 20  # every exported graph (network, fitted preprocessing): composed graphs must agree
@@ -204,7 +205,15 @@ class Modality:
 
 class Task:
     """Base class of the output side; subclasses set ``name``, ``output_name`` and implement the
-    methods below."""
+    methods below. A task is built with the run's params (``get_task(name, params)``) and reads its
+    own section there (e.g. ``params.anomaly``); the service builds it without params (defaults).
+
+    Supervised tasks (classification, regression) train a *predictor* on ``(input, target)`` and answer
+    ``POST /predict``. Other kinds of learning override the hooks marked "kind of learning": the
+    architectures they take (``model_kind``: ``autoencoder``, ``gan``), the LightningModule, what the
+    training step minimises, what the network answers in evaluate and once served (``head``), the route
+    and, where the request is not the modality's data at all (generation), the request side and export.
+    """
 
     name: ClassVar[str]
     output_name: ClassVar[str]
@@ -212,6 +221,21 @@ class Task:
     default_loss: ClassVar[str]
     metrics: ClassVar[tuple[str, ...]]  # evaluate.metric choices (all: higher is better)
     compares_labels: ClassVar[bool] = False  # parity: predicted labels must agree too
+    # kind of learning
+    model_kind: ClassVar[str] = "predictor"  # the architectures' ``kind`` (models/registry.py) this task trains
+    target_kind: ClassVar[str] = "labels"  # how a table's target column is read: labels (text) or numbers
+    needs_labels: ClassVar[bool] = True  # False: the target is optional (used to score only)
+    route: ClassVar[str] = "predict"  # the service's POST /<route>
+    request_side: ClassVar[str | None] = None  # ``module:Class``: requests are not the modality's data
+    monitor: ClassVar[str | None] = "val_loss"  # early stopping + best checkpoint; None: keep the last epoch
+    scored_splits: ClassVar[tuple[str, ...]] = ("val", "test")  # splits evaluate computes outputs of
+
+    def __init__(self, params: Params | None = None) -> None:
+        if params is None:
+            from pipelines.params import Params
+
+            params = Params()
+        self.params = params
 
     # collect / split
     def target_profile(self, values: Any) -> dict[str, Any]:
@@ -235,6 +259,20 @@ class Task:
     def num_outputs(self, split: dict[str, Any]) -> int:
         raise NotImplementedError
 
+    def dry_run(self, net: Any, batch: Any, split: dict[str, Any]) -> dict[str, Any]:
+        """Run ``net`` on a batch of two train inputs; raise ``ValueError`` if its outputs do not fit the
+        task; return the spec's ``output`` block (name, shape, dtype) and dry-run facts."""
+        import torch
+
+        num_outputs = self.num_outputs(split)
+        with torch.no_grad():
+            out = net(batch)
+        if tuple(out.shape) != (len(batch), num_outputs):
+            raise ValueError(f"dry run produced {tuple(out.shape)}, expected {(len(batch), num_outputs)}")
+        return {"output": {"name": self.output_name, "shape": [-1, num_outputs], "dtype": "float32"},
+                "dry_run": {"batch": len(batch), "output_shape": list(out.shape),
+                            "finite": bool(torch.isfinite(out).all())}}
+
     def choose_loss(self, p: OptimParams, y_train: np.ndarray, num_outputs: int) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -242,22 +280,59 @@ class Task:
         """Split targets -> the tensor the loss takes."""
         raise NotImplementedError
 
+    def train_rows(self, y: np.ndarray) -> np.ndarray | None:
+        """The train rows the network (and every baseline) learns from; None: all of them."""
+        return None
+
+    def module(self, net: Any, recipe: dict[str, Any], epochs: int, augment: Any, split_dir: Path) -> Any:
+        """The LightningModule that trains ``net`` (default: ``models.lit.LitModel`` with this task's step)."""
+        from models.lit import LitModel
+
+        return LitModel(net, recipe, self, epochs=epochs, augment=augment)
+
+    def training_loss(self, net: Any, x: Any, y: Any, loss_fn: Any, stage: str) -> tuple[Any, dict[str, Any]]:
+        """The loss of one batch and per-batch metrics (name -> tensor, logged as ``<stage>_<name>``);
+        by default ``step`` on the network's outputs."""
+        return self.step(net(x), y, loss_fn)
+
     def step(self, out: Any, y: Any, loss_fn: Any) -> tuple[Any, dict[str, Any]]:
         """Loss and per-batch metrics (name -> tensor, logged as ``<stage>_<name>``)."""
         raise NotImplementedError
 
     # evaluate
+    def head(self, net: Any, target_state: dict[str, Any]) -> Any:
+        """What the network answers in evaluate and once served (default: the network itself; an
+        anomaly task answers reconstruction errors, an embedding task latent vectors)."""
+        return net
+
+    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any]) -> None:
+        """Called once by evaluate before any scoring, with the network's ``head`` (e.g. to train a judge
+        classifier, or to read the latent size the baselines match)."""
+
+    def outputs(self, head: Any, split_dir: Path, name: str, state: dict[str, Any]) -> dict[str, np.ndarray]:
+        """What evaluate scores for split ``name``: by default ``network_outputs`` of ``head`` run on the
+        split's model inputs (a generation task draws samples instead)."""
+        from pipelines.data import load_split
+        from pipelines.evaluate import predict_outputs
+
+        return self.network_outputs(predict_outputs(head, load_split(split_dir, name)[0]), state["target"])
+
     def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
     def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
-    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+    def score(self, y: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]],
               p: EvaluateParams) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Test metrics of one model under its own decision rule (tuned on val the same way for
-        every model), and that rule (``{"threshold": ...}`` or ``{}``)."""
+        """Test metrics of one model under its own decision rule (fitted on ``scored_splits`` other than
+        test the same way for every model), and that rule (``{"value": threshold}``, centroids, or ``{}``).
+        ``y`` and ``out`` are keyed by split."""
         raise NotImplementedError
+
+    def baseline_inputs(self, modality: Modality, split_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """Per split, what the baselines fit on / score (default: the modality's ``baseline_inputs``)."""
+        return modality.baseline_inputs(split_dir, state)
 
     def primary_metric(self, requested: str, split: dict[str, Any]) -> tuple[str, str]:
         """The metric that decides (verdict, gate, champion) and why."""
@@ -281,6 +356,15 @@ class Task:
     def export_head(self, net: Any, target_state: dict[str, Any]) -> Any:
         """The network as it should answer once served (e.g. in the target's own units)."""
         return net
+
+    def export(self, modality: Modality, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any],
+               out: Path) -> Exported:
+        """Write ``out/model.onnx`` (default: the modality's preprocessing in front of ``head``)."""
+        return modality.export(head, split_dir, state, split, out, self.output_name)
+
+    def output_spec(self, split: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
+        """The manifest's ``output`` block."""
+        return {"name": self.output_name, "shape": [-1, self.num_outputs(split)], "dtype": "float32"}
 
     def parity_scale(self, target_state: dict[str, Any]) -> float:
         return 1.0
@@ -357,12 +441,14 @@ def get_modality(name: str) -> Modality:
         raise PluginError(f"unknown modality {name!r} (valid: {', '.join(sorted(_MODALITIES))})") from None
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, params: Params | None = None) -> Task:
+    """The task ``name``, reading its own params section in ``params`` (defaults when None)."""
     _load_builtins()
     try:
-        return _TASKS[name]()
+        cls = _TASKS[name]
     except KeyError:
         raise PluginError(f"unknown task {name!r} (valid: {', '.join(sorted(_TASKS))})") from None
+    return cls(params)
 
 
 def modality_for(data: DataParams) -> Modality:

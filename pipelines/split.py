@@ -73,7 +73,7 @@ def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Split the collected dataset into train/val/test under ``out_dir``."""
     collect_dir, out_dir = Path(collect_dir), Path(out_dir)
     prof = read_json(collect_dir / "profile.json")
-    modality, task = get_modality(prof["kind"]), get_task(prof["task"])
+    modality, task = get_modality(prof["kind"]), get_task(prof["task"], params)
     loaded = modality.load(collect_dir, prof)
     y = task.encode_targets(loaded.targets, prof, loaded.where)
     strata, stratified_on = task.strata(y)

@@ -16,7 +16,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from models.lit import LitModel
 from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
@@ -31,10 +30,13 @@ CHECKPOINT = "model.pt"
 METRIC_CURVES = "metric_curves.csv"
 
 
-def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
-    """Train (shuffled with a seeded generator) and val loaders; targets as the task's loss takes them."""
+def make_loaders(split_dir: Path, batch_size: int, seed: int, params: Params | None = None) -> tuple[DataLoader, DataLoader]:
+    """Train (shuffled with a seeded generator) and val loaders; targets as the task's loss takes them.
+    Both hold the rows the task learns from (``Task.train_rows``: e.g. normal rows only)."""
+    from torch.utils.data import Subset
+
     split = read_json(Path(split_dir) / "split.json")
-    task = get_task(split["task"])
+    task = get_task(split["task"], params)
     state = preprocess_state(split_dir)
     modality = get_modality(state["modality"])
     loaders = []
@@ -42,6 +44,9 @@ def make_loaders(split_dir: Path, batch_size: int, seed: int) -> tuple[DataLoade
         y = load_arrays(Path(split_dir) / f"{name}.npz", "y")["y"]
         # the modality's Dataset: in memory by default, streamed from disk for large image sets
         ds = modality.dataset(Path(split_dir), name, state, task.train_targets(y, state["target"]))
+        rows = task.train_rows(y)
+        if rows is not None:
+            ds = Subset(ds, rows.tolist())
         gen = torch.Generator().manual_seed(seed)
         loaders.append(DataLoader(ds, batch_size=batch_size, shuffle=name == "train", generator=gen))
     return loaders[0], loaders[1]
@@ -63,10 +68,12 @@ def augmenter(params: Params, split_dir: Path) -> Callable[[torch.Tensor], torch
 
 
 def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int,
-                augment: Callable[[torch.Tensor], torch.Tensor] | None) -> LitModel:
+                augment: Callable[[torch.Tensor], torch.Tensor] | None, split_dir: Path,
+                params: Params | None = None) -> L.LightningModule:
+    """The task's LightningModule around the designed network (``LitModel`` for supervised tasks)."""
     net = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"],
                        data_args=spec.get("data_args"), **spec["kwargs"])
-    return LitModel(net, recipe, get_task(recipe["task"]), epochs=epochs, augment=augment)
+    return get_task(recipe["task"], params).module(net, recipe, epochs, augment, Path(split_dir))
 
 
 class EpochLogger(Callback):
@@ -86,6 +93,11 @@ class EpochLogger(Callback):
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, row["epoch"]) for k, v in row.items() if k != "epoch"]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
+        if hasattr(pl_module, "epoch_artifact"):  # e.g. a GAN's grid of samples, one per epoch
+            with tempfile.TemporaryDirectory(prefix="epoch-") as tmp:
+                path = pl_module.epoch_artifact(Path(tmp), row["epoch"])
+                if path is not None:
+                    self.client.log_artifact(self.run_id, str(path), artifact_path="epochs")
         failpoint("train.epoch")
 
 
@@ -102,7 +114,7 @@ def _run_tags(split: dict[str, Any], split_dir: Path, design_dir: Path, configur
     }
 
 
-def _save_best(lit: LitModel, best_path: str, spec: dict[str, Any], out: Path) -> None:
+def _save_best(lit: L.LightningModule, best_path: str, spec: dict[str, Any], out: Path) -> None:
     """Write the best weights with arch name + kwargs, loadable with ``torch.load(weights_only=True)``."""
     if best_path:
         state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -141,8 +153,8 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
     split = read_json(split_dir / "split.json")
     torch.set_num_threads(p.num_threads)
     L.seed_everything(p.seed, workers=True, verbose=False)
-    train_dl, val_dl = make_loaders(split_dir, p.batch_size, p.seed)
-    lit = build_model(spec, recipe, p.epochs, augmenter(params, split_dir))
+    train_dl, val_dl = make_loaders(split_dir, p.batch_size, p.seed, params)
+    lit = build_model(spec, recipe, p.epochs, augmenter(params, split_dir), split_dir, params)
 
     client = tracking.get_client()
     exp_id = tracking.ensure_experiment(client, p.experiment)
@@ -164,7 +176,7 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
     return summary
 
 
-def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, Any], split: dict[str, Any],
+def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: dict[str, Any], split: dict[str, Any],
          train_dl: DataLoader, val_dl: DataLoader, client: Any, run_id: str, out_dir: Path) -> dict[str, Any]:
     from mlflow.entities import Param
 
@@ -184,25 +196,33 @@ def _fit(params: Params, lit: LitModel, spec: dict[str, Any], recipe: dict[str, 
     client.log_batch(run_id, params=[Param(k, v) for k, v in logged.items()], synchronous=True)
 
     epoch_logger = EpochLogger(client, run_id)
+    monitor = get_task(split["task"], params).monitor  # None (e.g. a GAN): no early stopping, the last epoch
     with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir, staged_outputs(out_dir) as tmp:
-        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor="val_loss", mode="min", save_top_k=1, filename="best")
+        callbacks: list[Callback] = [epoch_logger]
+        checkpoint = None
+        if monitor is not None:
+            checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="min", save_top_k=1, filename="best")
+            callbacks = [EarlyStopping(monitor, patience=p.patience, mode="min"), checkpoint, epoch_logger]
         trainer = L.Trainer(
             max_epochs=p.epochs, accelerator=p.accelerator, devices=1, deterministic=True, logger=False,
-            callbacks=[EarlyStopping("val_loss", patience=p.patience, mode="min"), checkpoint, epoch_logger],
+            callbacks=callbacks, enable_checkpointing=checkpoint is not None,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
         )
         started = time.perf_counter()
         trainer.fit(lit, train_dl, val_dl)
         fit_seconds = time.perf_counter() - started
-        _save_best(lit, checkpoint.best_model_path, spec, tmp / CHECKPOINT)
+        _save_best(lit, checkpoint.best_model_path if checkpoint else "", spec, tmp / CHECKPOINT)
         _write_curves(epoch_logger.history, tmp / "curves.csv")
-        best = min(epoch_logger.history, key=lambda r: r["val_loss"])
+        best = (min(epoch_logger.history, key=lambda r: r[monitor]) if monitor is not None
+                else epoch_logger.history[-1])
         info = {"run_id": run_id, "experiment": p.experiment, "tracking_uri": tracking.tracking_uri(),
                 "epochs_run": len(epoch_logger.history), "best_epoch": int(best["epoch"]),
                 "best_val_loss": best["val_loss"], "best_val_acc": best.get("val_acc"),
                 "best_val_mae_standardised": best.get("val_mae"),
                 "best_val": {k: v for k, v in best.items() if k.startswith("val_")},
-                "stopped_early": trainer.early_stopping_callback.stopped_epoch > 0,
+                "best_by": monitor or "last epoch",
+                "stopped_early": trainer.early_stopping_callback is not None
+                and trainer.early_stopping_callback.stopped_epoch > 0,
                 "fit_seconds": round(fit_seconds, 3)}
         write_json(tmp / "run.json", info)
         for name in (CHECKPOINT, "curves.csv", METRIC_CURVES):

@@ -184,7 +184,8 @@ def service_for(manifest: dict[str, Any]) -> str:
 
 
 def plugins_for(manifest: dict[str, Any]) -> tuple[Any, Any]:
-    """The request-side class of the model's modality (``kind``) and its task, from the plug-in registries."""
+    """The request-side class of the model (its task's own, else its modality's) and its task, from the
+    plug-in registries."""
     import importlib
 
     from pipelines.plugins import PluginError, get_modality, get_task
@@ -194,9 +195,10 @@ def plugins_for(manifest: dict[str, Any]) -> tuple[Any, Any]:
         task = get_task(manifest.get("task") or "classification")
     except PluginError as exc:
         raise ModelLoadError(f"manifest: {exc}") from None
-    if modality.request_side is None:
+    side = task.request_side or modality.request_side  # a task whose requests are not data (generation) has its own
+    if side is None:
         raise ModelLoadError(f"no service speaks {modality.name!r} models yet")
-    module, _, name = modality.request_side.partition(":")
+    module, _, name = side.partition(":")
     return getattr(importlib.import_module(module), name), task
 
 

@@ -72,6 +72,7 @@ def _load() -> LoadedModel:
 MODEL = _load()
 MANIFEST: dict[str, Any] = MODEL.manifest
 SIDE = MODEL.requests
+ROUTE = "/" + MODEL.task.route  # /predict, /score (anomaly), /embed (embedding), /generate (generation)
 FIELD = SIDE.field
 ITEMS = TypeAdapter(SIDE.items_type())
 JSON, MULTIPART = "application/json", "multipart/form-data"
@@ -161,7 +162,7 @@ def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 def _bad(message: str, status: int = 400) -> Response:
     rejected.labels(reason=str(status)).inc()
-    logger.info("POST /predict rejected (%d): %s", status, message[:200])
+    logger.info("POST %s rejected (%d): %s", ROUTE, status, message[:200])
     return _json(error_body(message), status)
 
 
@@ -250,11 +251,12 @@ def _predict(items: Any) -> dict[str, Any]:
             **fields, "predictions": rows, "notes": inputs.notes}
 
 
-@web.post("/predict", response_model=PredictResponse, tags=["Service APIs"],
+@web.post(ROUTE, response_model=PredictResponse, tags=["Service APIs"],
           responses={code: {"model": ErrorBody, "description": text} for code, text in ERRORS.items()},
           openapi_extra={"requestBody": {"required": True, "content": _request_content()}})
 async def predict(request: Request) -> Response:
-    """Predict 1 or more items (see the request schema for the limits)."""
+    """Answer 1 or more items (see the request schema for the limits): predictions, anomaly scores,
+    embeddings or generated images, as the model's task does."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()
     body = await _read_body(request, media_type)
@@ -310,7 +312,7 @@ input_notes = bentoml.metrics.Counter(
     http={"host": "127.0.0.1", "port": 3000},
     traffic={"timeout": 30},
     logging={"access": {"enabled": ACCESS_LOG}},
-    tracing={"excluded_urls": ["/predict", "/metadata"]},
+    tracing={"excluded_urls": [ROUTE, "/metadata"]},
 )
 @bentoml.asgi_app(web, path="/")
 class Predictor:
@@ -345,7 +347,7 @@ def _admission_control_first() -> None:
 
 
 Predictor.add_asgi_middleware(BodySizeLimitMiddleware, max_bytes=SIDE.max_body_bytes)
-Predictor.add_asgi_middleware(AdmissionControl, max_inflight=MAX_INFLIGHT, paths=("/predict",),
+Predictor.add_asgi_middleware(AdmissionControl, max_inflight=MAX_INFLIGHT, paths=(ROUTE,),
                               on_shed=lambda: rejected.labels(reason="503").inc())
 _admission_control_first()
 install_header_timeout()  # DLOPS_HEADER_TIMEOUT_S (10): slow or silent clients get 408

@@ -43,7 +43,9 @@ from pipelines.plugins import get_modality, get_task, list_modalities, list_task
 from tests.conftest import make_params
 
 FAMILY_INPUTS = {"models.cnn": "image", "models.resnet": "image", "models.mlp": "float",
-                 "models.tabular": "tabular", "models.sequence": "tokens"}
+                 "models.tabular": "tabular", "models.sequence": "tokens", "models.gan": "image"}
+# families whose architectures take different inputs: per architecture
+ARCH_INPUTS = {"tab_autoencoder": "tabular", "conv_autoencoder": "image", "autoencoder": "float"}
 MODALITY_ACCEPTS = {"image": {"image", "float"}, "tabular": {"tabular", "float"}, "text": {"tokens"}}
 # the data arg a family's constructors must take (and the others must not)
 KIND_DATA_ARG = {"tabular": "cardinalities", "tokens": "vocab_size"}
@@ -61,6 +63,10 @@ TINY_KWARGS: dict[str, dict[str, Any]] = {
     "lstm": {"embed_dim": 8, "hidden_size": 8},
     "gru": {"embed_dim": 8, "hidden_size": 8},
     "transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1, "ffn_dim": 32, "dropout": 0.0, "max_len": 32},
+    "tab_autoencoder": {"latent": 2, "hidden": [8]},
+    "conv_autoencoder": {"latent": 4, "channels": [4, 8]},
+    "autoencoder": {"latent": 2, "hidden": [8]},
+    "dcgan": {"noise_dim": 8, "width": 8},
 }
 ROWS = 3  # request rows per round trip
 
@@ -122,20 +128,35 @@ class Case:
         return f"{self.modality}-{self.task}"
 
 
+def digits(tmp: Path, task: str) -> dict[str, Any]:
+    return {"source": "sklearn:digits", "task": task}
+
+
 DATASETS = (
-    Case("image", "classification", lambda tmp, task: {"source": "sklearn:digits"}),
+    Case("image", "classification", digits),
     Case("tabular", "classification", tabular_data),
     Case("tabular", "regression", tabular_data),
     Case("text", "classification", text_data),
+    Case("image", "anomaly", digits),
+    Case("tabular", "anomaly", tabular_data),
+    Case("image", "embedding", digits),
+    Case("tabular", "embedding", tabular_data),
+    Case("image", "generation", digits),
 )
 
 
 def input_kind(arch: str) -> str | None:
-    return FAMILY_INPUTS.get(get_model_class(arch).__module__)
+    return ARCH_INPUTS.get(arch) or FAMILY_INPUTS.get(get_model_class(arch).__module__)
+
+
+def arch_kind(arch: str) -> str:
+    """What an architecture learns (``kind``: predictor, autoencoder, gan); tasks train one kind."""
+    return getattr(get_model_class(arch), "kind", "predictor")
 
 
 def compatible(case: Case, arch: str) -> bool:
-    return input_kind(arch) in MODALITY_ACCEPTS.get(case.modality, ())
+    return (input_kind(arch) in MODALITY_ACCEPTS.get(case.modality, ())
+            and arch_kind(arch) == get_task(case.task).model_kind)
 
 
 COMBOS = [pytest.param(c, a, id=f"{c.id}-{a}") for c in DATASETS for a in list_models() if compatible(c, a)]
@@ -176,6 +197,9 @@ def params_for(data: dict[str, Any], arch: str, name: str) -> Any:
         data=data, text={"max_len": 16, "min_frequency": 1},
         model={"name": arch, "kwargs": TINY_KWARGS.get(arch, {})},
         train={"epochs": 1, "batch_size": 64, "patience": 1},
+        optim={"optimizer": "adam"} if data.get("task") == "generation" else {},
+        generation={"samples": 40, "judge_epochs": 1},
+        embedding={"clusters": 3},
         evaluate={"baselines": [], "min_score": -1e9},
         deploy={"build_bento": False, "register": False, "model_name": name, "parity_batch_sizes": [7]},
     )
@@ -217,14 +241,24 @@ def test_forward_backward(case: Case, arch: str, prepared: Callable) -> None:
     net, num_outputs = _net_for(split_dir, arch)
     X = torch.from_numpy(load_split(split_dir, "train")[0][:2])
     net.train()
-    out = net(X)
-    assert tuple(out.shape) == (2, num_outputs) and out.dtype == torch.float32
+    kind = arch_kind(arch)
+    if kind == "autoencoder":
+        out = net.errors(X)
+        assert out.shape[0] == 2 and out.ndim == 2 and (out >= 0).all()
+    elif kind == "gan":
+        labels = torch.zeros(2, dtype=torch.long)
+        fake = net.generate(torch.randn(2, net.noise_dim), labels)
+        assert fake.shape == X.shape
+        out = net.discriminate(fake, labels) + net.discriminate(X, labels)
+    else:
+        out = net(X)
+        assert tuple(out.shape) == (2, num_outputs) and out.dtype == torch.float32
     out.square().sum().backward()
     no_grad = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, f"parameters without a gradient: {no_grad}"
     net.eval()
     with torch.no_grad():
-        assert torch.isfinite(net(X)).all()
+        assert torch.isfinite(net(X) if kind == "predictor" else out).all()
 
 
 @pytest.mark.parametrize("case,arch", MISFITS)
@@ -235,7 +269,7 @@ def test_design_refuses_incompatible(case: Case, arch: str, prepared: Callable, 
     from pipelines import design
 
     data, split_dir = prepared(case)
-    with pytest.raises(ModelError, match=rf"^model\.name: '{arch}' (needs|cannot take)"):
+    with pytest.raises(ModelError, match=rf"^model\.name: '{arch}' (needs|cannot take|is a)"):
         design.run(params_for(data, arch, "misfit"), split_dir, tmp_path / "design")
     assert not (tmp_path / "design").exists()
 
@@ -273,7 +307,7 @@ ITEMS: dict[str, Callable[[Path, np.ndarray], list[Any]]] = {
     "image": image_items, "tabular": tabular_items, "text": text_items}
 
 
-def served_feeds(deploy_dir: Path, split_dir: Path, modality: str, rows: np.ndarray) -> dict[str, np.ndarray]:
+def served_feeds(deploy_dir: Path, items: list[Any]) -> dict[str, np.ndarray]:
     """The service's own path: the deployed model's request side validates the JSON body's items
     and turns them into graph inputs (serving/service.py does exactly this per request)."""
     from pydantic import TypeAdapter
@@ -281,7 +315,7 @@ def served_feeds(deploy_dir: Path, split_dir: Path, modality: str, rows: np.ndar
     from serving.model import load_model_from
 
     model = load_model_from(deploy_dir, "contract-test")
-    body = json.loads(json.dumps({model.requests.field: ITEMS[modality](split_dir, rows)}, ensure_ascii=False))
+    body = json.loads(json.dumps({model.requests.field: items}, ensure_ascii=False))
     items = TypeAdapter(model.requests.items_type()).validate_python(body[model.requests.field])
     return model.requests.to_inputs(items).feeds
 
@@ -325,7 +359,13 @@ def test_one_epoch_to_deployed_round_trip(case: Case, arch: str, prepared: Calla
 
     # request -> graph inputs -> ONNX Runtime == the PyTorch network on the same test rows
     rows = request_rows(case, split_dir)
-    feed = served_feeds(w["deploy"], split_dir, case.modality, rows)
+    task = get_task(case.task)
+    if task.request_side:  # generation: a request asks for classes and seeds, not for data
+        classes = manifest["input"]["label"]["classes"]
+        items = [{"label": classes[int(i) % len(classes)] if classes else None, "seed": int(i)} for i in rows]
+    else:
+        items = ITEMS[case.modality](split_dir, rows)
+    feed = served_feeds(w["deploy"], items)
     if case.modality == "text":  # the service's tokens are the training split's tokens
         from pipelines.modalities.text.serve import trim_padding
 
@@ -333,11 +373,23 @@ def test_one_epoch_to_deployed_round_trip(case: Case, arch: str, prepared: Calla
         np.testing.assert_array_equal(feed[manifest["input"]["name"]], trim_padding(saved))
     served = make_session(w["deploy"] / manifest["onnx_file"]).run([manifest["output"]["name"]], feed)[0]
     state = preprocess_state(split_dir)
-    task = get_task(case.task)
     head = task.export_head(load_network(w["train"] / "model.pt"), state["target"])
-    expected = predict_outputs(head, load_split(split_dir, "test")[0][rows])
-    assert served.shape == (len(rows), manifest["output"]["shape"][1]) == expected.shape
+    if task.request_side:
+        expected = generated(head, feed, manifest)
+    else:
+        expected = predict_outputs(head, load_split(split_dir, "test")[0][rows])
+    assert served.shape == (len(rows), *manifest["output"]["shape"][1:]) == expected.shape
     # parity_scale: regression answers in target units, compared in target standard deviations
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-4 * task.parity_scale(state["target"]))
     if task.compares_labels:
         assert (served.argmax(1) == expected.argmax(1)).all()
+
+
+def generated(net: Any, feed: dict[str, np.ndarray], manifest: dict[str, Any]) -> np.ndarray:
+    """The PyTorch generator on the service's noise and labels, in the data's raw units."""
+    import torch
+
+    lo, hi = manifest["input"]["image"]["value_range"]
+    with torch.no_grad():
+        unit = net.eval().generate(torch.from_numpy(feed["noise"]), torch.from_numpy(feed["label"]))
+    return (lo + (unit + 1) / 2 * (hi - lo)).numpy()

@@ -175,9 +175,9 @@ class Amplitude(Task):
     def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
         return {"pred": np.asarray(estimator.predict(X), dtype=np.float64)}
 
-    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+    def score(self, y: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]],
               p: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"neg_mae": round(-float(np.abs(test["pred"] - y_test).mean()), 6)}, {}
+        return {"neg_mae": round(-float(np.abs(out["test"]["pred"] - y["test"]).mean()), 6)}, {}
 
     def primary_metric(self, requested: str, split: dict[str, Any]) -> tuple[str, str]:
         return "neg_mae", "the only metric of this task"
@@ -313,7 +313,8 @@ def test_served_graph_takes_raw_signals(signals: type[Signals], tmp_path: Path) 
 def test_unknown_modality_and_task_name_the_valid_ones() -> None:
     with pytest.raises(PluginError, match=r"unknown modality 'signalz' \(valid: image, tabular, text\)"):
         get_modality("signalz")
-    with pytest.raises(PluginError, match=r"unknown task 'ranking' \(valid: classification, regression\)"):
+    with pytest.raises(PluginError, match=r"unknown task 'ranking' \(valid: anomaly, classification, embedding, "
+                                          r"generation, regression\)"):
         get_task("ranking")
 
 

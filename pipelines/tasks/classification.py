@@ -210,16 +210,17 @@ class Classification(Task):
         # predict() is the estimator's own rule (an SVC's Platt probabilities can disagree with it)
         return {"proba": estimator.predict_proba(X), "pred": np.asarray(estimator.predict(X), dtype=np.int64)}
 
-    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+    def score(self, y: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]],
               p: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         rule: dict[str, Any] = {}
+        test = out["test"]
         pred = test["pred"]
         if test["proba"].shape[1] == 2 and p.threshold_objective != "none":
-            threshold, val_score = tune_threshold(y_val, val["proba"][:, 1], p.threshold_objective)
+            threshold, val_score = tune_threshold(y["val"], out["val"]["proba"][:, 1], p.threshold_objective)
             rule = {"value": threshold, "objective": p.threshold_objective, "val_score": round(val_score, 6),
                     "tuned_on": "val"}
             pred = decide(test["proba"], threshold)
-        return classification_metrics(y_test, test["proba"], pred), rule
+        return classification_metrics(y["test"], test["proba"], pred), rule
 
     def primary_metric(self, requested: str, split: dict[str, Any]) -> tuple[str, str]:
         if requested != "auto":
@@ -284,9 +285,7 @@ class Classification(Task):
                                     f"{len(y)} test rows; the metrics in this report are exact")
         files = {"confusion.csv": [("actual", "predicted"), *((classes[y[i]], classes[pred[i]]) for i in rows)],
                  "roc.csv": [("fpr", "tpr"), *zip(fpr.round(6), tpr.round(6))],
-                 "pr.csv": [("recall", "precision"), *zip(recall.round(6), precision.round(6))],
-                 # header only: dvc.yaml's regression plot finds its file and, with no rows, draws nothing
-                 "predictions.csv": [("actual", "predicted")]}
+                 "pr.csv": [("recall", "precision"), *zip(recall.round(6), precision.round(6))]}
         _png(y, pred, classes, fpr, tpr, recall, precision, plots / "classification.png")
         return report, files
 

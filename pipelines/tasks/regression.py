@@ -23,6 +23,7 @@ QUANTILE_BINS = 5
 
 @register_task
 class Regression(Task):
+    target_kind = "numbers"
     name = "regression"
     output_name = "prediction"
     losses = ("mse", "huber")
@@ -86,11 +87,11 @@ class Regression(Task):
     def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
         return {"pred": np.asarray(estimator.predict(X), dtype=np.float64)}
 
-    def score(self, y_val: np.ndarray, val: dict[str, np.ndarray], y_test: np.ndarray, test: dict[str, np.ndarray],
+    def score(self, y: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]],
               p: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-        pred = test["pred"]
+        y_test, pred = y["test"], out["test"]["pred"]
         return {"rmse": round(float(np.sqrt(mean_squared_error(y_test, pred))), 6),
                 "mae": round(float(mean_absolute_error(y_test, pred)), 6),
                 "r2": round(float(r2_score(y_test, pred)), 6)}, {}
@@ -116,10 +117,7 @@ class Regression(Task):
         pred = test["pred"]
         _png(y, pred, plots / "regression.png")
         rows = [("actual", "predicted", "residual"), *((float(a), float(b), float(a - b)) for a, b in zip(y, pred))]
-        # header only: dvc.yaml's classification plots find their files and, with no rows, draw nothing
-        empty = {"confusion.csv": [("actual", "predicted")], "roc.csv": [("fpr", "tpr")],
-                 "pr.csv": [("recall", "precision")]}
-        return {}, {"predictions.csv": rows, **empty}
+        return {}, {"predictions.csv": rows}  # evaluate writes the other tasks' plot files header-only
 
     def worst(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
               top: int = 25) -> list[dict[str, Any]]:

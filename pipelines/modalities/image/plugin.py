@@ -94,8 +94,9 @@ class Images(Modality):
         from pipelines.modalities.image.cache import write_cache
 
         task = get_task("classification" if params.data.task == "auto" else params.data.task)
-        if task.name != "classification":
-            raise ParamsError(f"data.task: image sources are classification only, got {params.data.task!r}")
+        if task.target_kind != "labels":
+            raise ParamsError(f"data.task: image files have class labels (folders, a label column), so {task.name!r} "
+                              "does not apply")
         size = tuple(params.image.size)
         cache = write_cache(ds, size, params.image.channels, params.data.bad_images, out, CACHE)
         labels = np.asarray(cache.labels)

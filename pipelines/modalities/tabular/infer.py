@@ -57,7 +57,7 @@ from pandas.api import types as pdt
 from pipelines.files import DataError
 from pipelines.modalities.tabular.serve import normalize
 from pipelines.params import DataParams, section_dict
-from pipelines.sources import Table
+from pipelines.sources import NO_TARGET, Table
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,10 @@ def prepare_table(table: Table, params: DataParams) -> PreparedTable:
     frame.columns = [str(c) for c in frame.columns]
     _check_shape(frame, table.target, params.drop, where, params.columns)
     checks = ["non_empty", "target_present"]
-    target, task = _target(frame[table.target], table.target, where, params.task, table.task)
+    if table.target == NO_TARGET:  # no labels (an anomaly or embedding task): nothing to type or check
+        target, task, checks = frame[NO_TARGET].astype(str), params.task, ["non_empty", "no_labels"]
+    else:
+        target, task = _target(frame[table.target], table.target, where, params.task, table.task)
     missing = target.isna()
     if missing.any():
         log.warning("%s: dropping %d of %d rows with a missing target %r (first: row %d)",
@@ -118,7 +121,8 @@ def prepare_table(table: Table, params: DataParams) -> PreparedTable:
                         f"{', '.join(d['name'] + ' (' + d['reason'] + ')' for d in dropped) or 'none'})")
     checks += ["no_empty_columns", "numeric_columns_clean", "features_finite", "has_features"]
     target = target[keep]
-    checks += _check_target(target, table.target, task, where)
+    if table.target != NO_TARGET:
+        checks += _check_target(target, table.target, task, where)
     out[table.target] = target
     result = pd.DataFrame(out).reset_index(drop=True)
     return PreparedTable(result, table.target, task, where, kinds, dropped, int(missing.sum()), checks,
@@ -396,7 +400,7 @@ def _target(s: pd.Series, name: str, where: str, task: str, known: str | None) -
         raise DataError(f"{where}: column {name!r}: target is missing in every row")
     if task == "auto":
         task = known or _infer_task(labels, numbers, name, where)
-    if task == "classification":
+    if _takes_labels(task):
         return (labels if labels is not None else _label_text(numbers)), task
     if numbers is None:
         present = labels.dropna()
@@ -418,8 +422,15 @@ def _infer_task(labels: pd.Series | None, numbers: pd.Series | None, name: str, 
     return task
 
 
+def _takes_labels(task: str) -> bool:
+    """Whether ``task`` reads its target as class labels (classification, anomaly, ...) or numbers."""
+    from pipelines.plugins import get_task
+
+    return get_task(task).target_kind == "labels"
+
+
 def _check_target(target: pd.Series, name: str, task: str, where: str) -> list[str]:
-    if task == "classification":
+    if _takes_labels(task):
         classes = sorted(target.unique())
         if len(classes) < 2:
             raise DataError(f"{where}: column {name!r}: a single class ({classes[0]!r}), need at least 2")
