@@ -139,6 +139,26 @@ class DCGAN(nn.Module):
     def forward(self, z: Tensor, labels: Tensor) -> Tensor:
         return self.generate(z, labels)
 
+    # What the generation task asks of its network (so that the task plug-in, which every stage
+    # loads, never imports this module itself).
+    def training_module(self, *, lr: float, lo: Any, hi: Any, weight_decay: float = 0.0,
+                        classes: list[str] | None = None) -> GanLitModule:
+        """The LightningModule that trains this GAN; each epoch it can draw a sample grid
+        (``epoch_artifact(folder, epoch)``, logged by the train step)."""
+        module = GanLitModule(self, lr=lr, lo=lo, hi=hi, weight_decay=weight_decay)
+
+        def epoch_artifact(folder: Path, epoch: int) -> Path:
+            path = Path(folder) / f"samples-epoch-{epoch:03d}.png"
+            sample_grid_png(self, path, lo, hi, classes=classes if self.num_classes else None)
+            return path
+
+        module.epoch_artifact = epoch_artifact
+        return module
+
+    def export_onnx(self, path: str | Path, lo: Any, hi: Any) -> dict[str, Any]:
+        """The generator alone as ONNX (``export_generator``)."""
+        return export_generator(self, path, lo, hi)
+
 
 def _as_image_tensor(value: Any, shape: Sequence[int]) -> Tensor:
     """``lo``/``hi`` as a float32 tensor broadcastable to ``shape`` (C, H, W): a scalar, one value per

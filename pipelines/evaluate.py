@@ -51,13 +51,6 @@ def load_network(checkpoint: Path) -> Any:
     return net.eval()
 
 
-def predict_outputs(net: Any, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return np.concatenate([net(torch.from_numpy(X[i:i + batch_size])).numpy() for i in range(0, len(X), batch_size)])
-
-
 def check_params(p: EvaluateParams, modality: Modality, task: Task, factories: dict[str, Any],
                  split: dict[str, Any]) -> tuple[str, str]:
     """Refuse baselines or a metric that do not apply, before any work; return the primary metric + why."""
@@ -139,8 +132,10 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
     run_info = read_json(train_dir / "run.json")
     net = task.head(load_network(train_dir / "model.pt"), state["target"])
     y = {s: load_split(split_dir, s, preprocess=False)[1] for s in SPLITS}
-    task.prepare(net, split_dir, state, split)
-    out = {s: task.outputs(net, split_dir, s, state) for s in task.scored_splits}
+    from models.registry import create_model
+
+    task.prepare(net, split_dir, state, split, create_model)
+    out = {s: task.outputs(net, lambda name: load_split(split_dir, name)[0], s, state) for s in task.scored_splits}
     scored, rule = task.score(y, out, p)
     if metric not in scored:
         raise ParamsError(f"evaluate.metric: {metric!r} is not defined for this data "

@@ -58,6 +58,12 @@ class DataParams:
     image: str = ""
     bad_images: Literal["skip", "error"] = "skip"
 
+    def labels_optional(self) -> bool:
+        """True when ``task`` names a task that learns without labels (anomaly, embedding)."""
+        from pipelines.plugins import get_task
+
+        return self.task != "auto" and not get_task(self.task).needs_labels
+
     def __post_init__(self) -> None:
         from pipelines.plugins import list_tasks
 

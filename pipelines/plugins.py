@@ -203,6 +203,14 @@ class Modality:
         raise NotImplementedError
 
 
+def predict_outputs(net: Any, X: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The network's raw outputs on model inputs ``X``, in batches, without gradients."""
+    import torch
+
+    with torch.no_grad():
+        return np.concatenate([net(torch.from_numpy(X[i:i + batch_size])).numpy() for i in range(0, len(X), batch_size)])
+
+
 class Task:
     """Base class of the output side; subclasses set ``name``, ``output_name`` and implement the
     methods below. A task is built with the run's params (``get_task(name, params)``) and reads its
@@ -231,11 +239,13 @@ class Task:
     scored_splits: ClassVar[tuple[str, ...]] = ("val", "test")  # splits evaluate computes outputs of
 
     def __init__(self, params: Params | None = None) -> None:
-        if params is None:
-            from pipelines.params import Params
+        self.params = params  # None: built for its facts or to answer requests (the service)
 
-            params = Params()
-        self.params = params
+    def section(self, name: str) -> Any:
+        """The params section ``name`` this run was given (e.g. ``anomaly``)."""
+        if self.params is None:
+            raise RuntimeError(f"the {self.name} task was built without params; it needs params.{name} here")
+        return getattr(self.params, name)
 
     # collect / split
     def target_profile(self, values: Any) -> dict[str, Any]:
@@ -285,10 +295,11 @@ class Task:
         return None
 
     def module(self, net: Any, recipe: dict[str, Any], epochs: int, augment: Any, split_dir: Path) -> Any:
-        """The LightningModule that trains ``net`` (default: ``models.lit.LitModel`` with this task's step)."""
-        from models.lit import LitModel
-
-        return LitModel(net, recipe, self, epochs=epochs, augment=augment)
+        """The LightningModule that trains ``net``; None (the default): ``models.lit.LitModel`` with this
+        task's ``training_loss``. A task never imports ``models/`` itself (every stage loads the task
+        plug-ins; only the stages that need models depend on them): it asks the network, e.g.
+        ``net.training_module(...)``."""
+        return None
 
     def training_loss(self, net: Any, x: Any, y: Any, loss_fn: Any, stage: str) -> tuple[Any, dict[str, Any]]:
         """The loss of one batch and per-batch metrics (name -> tensor, logged as ``<stage>_<name>``);
@@ -305,17 +316,16 @@ class Task:
         anomaly task answers reconstruction errors, an embedding task latent vectors)."""
         return net
 
-    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any]) -> None:
-        """Called once by evaluate before any scoring, with the network's ``head`` (e.g. to train a judge
-        classifier, or to read the latent size the baselines match)."""
+    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any],
+                create_model: Callable[..., Any]) -> None:
+        """Called once by evaluate before any scoring, with the network's ``head`` (e.g. to read the latent
+        size the baselines match) and the model registry's ``create_model`` (e.g. to train a judge)."""
 
-    def outputs(self, head: Any, split_dir: Path, name: str, state: dict[str, Any]) -> dict[str, np.ndarray]:
+    def outputs(self, head: Any, inputs: Callable[[str], np.ndarray], name: str,
+                state: dict[str, Any]) -> dict[str, np.ndarray]:
         """What evaluate scores for split ``name``: by default ``network_outputs`` of ``head`` run on the
-        split's model inputs (a generation task draws samples instead)."""
-        from pipelines.data import load_split
-        from pipelines.evaluate import predict_outputs
-
-        return self.network_outputs(predict_outputs(head, load_split(split_dir, name)[0]), state["target"])
+        split's model inputs, ``inputs(name)`` (a generation task draws samples instead)."""
+        return self.network_outputs(predict_outputs(head, inputs(name)), state["target"])
 
     def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -223,7 +223,7 @@ def sklearn_diabetes(params: DataParams) -> Table:
 def _table_file(params: DataParams) -> Path:
     """The file named by ``csv:<path>``/``parquet:<path>`` (relative to the current dir), checked."""
     path = Path(source_arg(params))
-    if not params.target and not labels_optional(params):
+    if not params.target and not params.labels_optional():
         what = "label" if params.text else "target"
         raise ParamsError(f"data.target: required for {params.source!r} (the name of the {what} column)")
     if not path.exists():
@@ -239,13 +239,6 @@ def _table_file(params: DataParams) -> Path:
 # The label column of a table read without labels (``data.task: anomaly|embedding`` and no ``data.target``):
 # every value empty, so the task knows there are none
 NO_TARGET = "__no_label__"
-
-
-def labels_optional(params: DataParams) -> bool:
-    """True when ``data.task`` names a task that learns without labels (anomaly, embedding)."""
-    from pipelines.plugins import get_task
-
-    return params.task != "auto" and not get_task(params.task).needs_labels
 
 
 def _file_result(frame: pd.DataFrame, params: DataParams, path: Path,

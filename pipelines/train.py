@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from models.lit import LitModel
 from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
@@ -73,7 +74,9 @@ def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int,
     """The task's LightningModule around the designed network (``LitModel`` for supervised tasks)."""
     net = create_model(spec["arch"], spec["input"]["shape"][1:], spec["num_outputs"],
                        data_args=spec.get("data_args"), **spec["kwargs"])
-    return get_task(recipe["task"], params).module(net, recipe, epochs, augment, Path(split_dir))
+    task = get_task(recipe["task"], params)
+    module = task.module(net, recipe, epochs, augment, Path(split_dir))
+    return module if module is not None else LitModel(net, recipe, task, epochs=epochs, augment=augment)
 
 
 class EpochLogger(Callback):

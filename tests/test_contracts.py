@@ -339,7 +339,8 @@ def test_every_served_modality_has_a_round_trip() -> None:
 def test_one_epoch_to_deployed_round_trip(case: Case, arch: str, prepared: Callable, mlflow_env: str,
                                           tmp_path: Path) -> None:
     from pipelines import configure, deploy, design, evaluate, train
-    from pipelines.evaluate import load_network, predict_outputs
+    from pipelines.plugins import predict_outputs
+    from pipelines.evaluate import load_network
     from serving.runtime import make_session
 
     data, split_dir = prepared(case)

@@ -279,7 +279,8 @@ def test_raw_test_rows_through_the_service_path_equal_the_pipeline_predictions(t
     from pydantic import TypeAdapter
 
     from pipelines.data import load_split
-    from pipelines.evaluate import load_network, predict_outputs
+    from pipelines.plugins import predict_outputs
+    from pipelines.evaluate import load_network
     from pipelines.modalities.tabular.prep import onnx_feeds
     from serving.runtime import make_session, softmax
 

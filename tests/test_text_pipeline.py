@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from pipelines.data import load_split
-from pipelines.evaluate import load_network, predict_outputs
+from pipelines.plugins import predict_outputs
+from pipelines.evaluate import load_network
 from serving.runtime import make_session, softmax
 from tests.conftest import make_params, run_pipeline
 

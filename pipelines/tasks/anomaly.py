@@ -40,10 +40,13 @@ class Anomaly(AutoencoderTask):
     route = "score"
     metrics = ("roc_auc", "pr_auc", "f1", "precision", "recall", "flag_rate_stability")
 
-    def __init__(self, params: Any = None) -> None:
-        super().__init__(params)
-        self.p = self.params.anomaly
-        self.denoise = self.p.denoise
+    @property
+    def p(self) -> Any:
+        return self.section("anomaly")
+
+    @property
+    def denoise(self) -> float:  # type: ignore[override]
+        return float(self.p.denoise)
 
     # ------------------------------------------------------------ split: normal (0) / anomaly (1)
 
@@ -97,7 +100,8 @@ class Anomaly(AutoencoderTask):
     def head(self, net: Any, target_state: dict[str, Any]) -> Any:
         return errors_head(net)
 
-    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any]) -> None:
+    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any],
+                create_model: Any) -> None:
         self.split = split
 
     def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:

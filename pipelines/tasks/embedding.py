@@ -37,10 +37,16 @@ class Embedding(AutoencoderTask):
     metrics = ("ari", "nmi", "silhouette")
     scored_splits = ("train", "val", "test")
 
+    @property
+    def p(self) -> Any:
+        return self.section("embedding")
+
+    @property
+    def denoise(self) -> float:  # type: ignore[override]
+        return float(self.p.denoise)
+
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
-        self.p = self.params.embedding
-        self.denoise = self.p.denoise
         self.latent: int | None = None
 
     def dry_run(self, net: Any, batch: Any, split: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +63,8 @@ class Embedding(AutoencoderTask):
     def head(self, net: Any, target_state: dict[str, Any]) -> Any:
         return encode_head(net)
 
-    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any]) -> None:
+    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any],
+                create_model: Any) -> None:
         self.latent = int(head.latent)
 
     def network_outputs(self, raw: np.ndarray, target_state: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -50,8 +50,11 @@ class Generation(Task):
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
-        self.p = self.params.generation
         self.judge: Any = None
+
+    @property
+    def p(self) -> Any:
+        return self.section("generation")
 
     # ------------------------------------------------------------ collect / split (labels as classification)
 
@@ -118,24 +121,22 @@ class Generation(Task):
         return torch.as_tensor(y, dtype=torch.long)
 
     def module(self, net: Any, recipe: dict[str, Any], epochs: int, augment: Any, split_dir: Path) -> Any:
-        from models.gan import GanLitModule
         from pipelines.data import preprocess_state
         from pipelines.files import read_json
 
-        lo, hi = model_range(preprocess_state(split_dir), read_json(Path(split_dir) / "split.json"))
-        module = GanLitModule(net, lr=recipe["optimizer"]["lr"], lo=lo, hi=hi,
-                              weight_decay=recipe["optimizer"].get("weight_decay", 0.0))
-        classes = read_json(Path(split_dir) / "split.json").get("classes")
-        module.epoch_artifact = lambda folder, epoch: _grid(module.net, folder / f"samples-epoch-{epoch:03d}.png",
-                                                            lo, hi, classes)
-        return module
+        split = read_json(Path(split_dir) / "split.json")
+        lo, hi = model_range(preprocess_state(split_dir), split)
+        return net.training_module(lr=recipe["optimizer"]["lr"], lo=lo, hi=hi,
+                                   weight_decay=recipe["optimizer"].get("weight_decay", 0.0),
+                                   classes=split.get("classes"))
 
     def step(self, out: Any, y: Any, loss_fn: Any) -> tuple[Any, dict[str, Any]]:
         raise NotImplementedError("a GAN trains in its own LightningModule (models.gan.GanLitModule)")
 
     # ------------------------------------------------------------ evaluate
 
-    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any]) -> None:
+    def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any],
+                create_model: Callable[..., Any]) -> None:
         """Train the judge on the train split; keep the test images' features for the Fréchet distance."""
         from pipelines.data import load_split
 
@@ -144,7 +145,11 @@ class Generation(Task):
         self.shape = list(split["input_shape"])
         X_train, y_train = load_split(split_dir, "train")
         X_test, y_test = load_split(split_dir, "test")
-        self.judge = Judge(self.shape, len(self.classes), self.p.judge_epochs, self.params.train.seed)
+        import torch
+
+        torch.manual_seed(self.section("train").seed)  # the judge's initial weights
+        self.judge = Judge(create_model("cnn", self.shape, len(self.classes)), self.p.judge_epochs,
+                           self.section("train").seed)
         self.judge.fit(_array(X_train), y_train)
         test = _array(X_test)
         proba, self.test_features = self.judge.predict(test)
@@ -156,11 +161,12 @@ class Generation(Task):
         k = len(self.classes) if self.p.conditional else 1
         return np.arange(self.p.samples, dtype=np.int64) % k
 
-    def outputs(self, head: Any, split_dir: Path, name: str, state: dict[str, Any]) -> dict[str, np.ndarray]:
+    def outputs(self, head: Any, inputs: Callable[[str], np.ndarray], name: str,
+                state: dict[str, Any]) -> dict[str, np.ndarray]:
         import torch
 
         labels = self.requested()
-        g = torch.Generator().manual_seed(self.params.train.seed)
+        g = torch.Generator().manual_seed(self.section("train").seed)
         z = torch.randn(len(labels), head.noise_dim, generator=g)
         lo, hi = model_range(state, self.split)
         head.eval()
@@ -172,7 +178,7 @@ class Generation(Task):
 
     def estimator_outputs(self, estimator: Any, X: Any) -> dict[str, np.ndarray]:
         labels = self.requested()
-        images = estimator.sample_classes(labels, seed=self.params.train.seed)
+        images = estimator.sample_classes(labels, seed=self.section("train").seed)
         return {"images": images.reshape(len(labels), *self.shape).astype(np.float32), "requested": labels}
 
     def score(self, y: dict[str, np.ndarray], out: dict[str, dict[str, np.ndarray]],
@@ -231,10 +237,8 @@ class Generation(Task):
                out: Path) -> Exported:
         import torch
 
-        from models.gan import export_generator
-
         lo, hi = raw_range(state, split)
-        info = export_generator(head, out / "model.onnx", lo, hi)
+        info = head.export_onnx(out / "model.onnx", lo, hi)
         k = max(head.num_classes, 1)
         g = torch.Generator().manual_seed(0)
         n = 256
@@ -302,20 +306,17 @@ def _array(X: Any) -> np.ndarray:
 
 
 class Judge:
-    """The CNN (``models/cnn.py``) that grades generated images: trained on the train split with the
+    """A CNN (``cnn`` from the model registry) that grades generated images: trained on the train split with the
     classification task's cross-entropy, plain torch loop (seeded); ``predict`` gives probabilities and
     penultimate-layer features (the input of the last Linear)."""
 
-    def __init__(self, shape: list[int], classes: int, epochs: int, seed: int) -> None:
-        self.shape, self.classes, self.epochs, self.seed = shape, classes, epochs, seed
+    def __init__(self, net: Any, epochs: int, seed: int) -> None:
+        self.net, self.epochs, self.seed = net, epochs, seed
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> Judge:
         import torch
 
-        from models.registry import create_model
-
         torch.manual_seed(self.seed)
-        self.net = create_model("cnn", self.shape, self.classes)
         opt = torch.optim.AdamW(self.net.parameters(), lr=3e-3, weight_decay=1e-4)
         g = torch.Generator().manual_seed(self.seed)
         Xt, yt = torch.from_numpy(X), torch.as_tensor(y, dtype=torch.long)
@@ -391,13 +392,6 @@ class ClassGaussians:
                 out = np.zeros((len(labels), sample.shape[1]))
             out[rows] = sample
         return out
-
-
-def _grid(net: Any, path: Path, lo: Any, hi: Any, classes: list[str] | None) -> Path:
-    from models.gan import sample_grid_png
-
-    sample_grid_png(net, path, lo, hi, classes=classes if net.num_classes else None)
-    return path
 
 
 def _sample_png(images: np.ndarray, requested: np.ndarray, classes: list[str] | None, path: Path) -> None:

@@ -75,7 +75,7 @@ class Images(Modality):
             raise ParamsError(f"data.image: {params.data.source!r} is not a source of image paths (use a "
                               "csv:<path> file with an image-path column, folder:<dir> or idx:<dir>)")
         # array sources are classification unless told otherwise (digits refuses regression itself)
-        task = get_task("classification" if params.data.task == "auto" else params.data.task)
+        task = get_task("classification" if params.data.task == "auto" else params.data.task, params)
         checks = validate_dataset(ds, task.name)
         prof = {
             "source": ds.origin, "task": task.name, "rows": int(len(ds.X)),
@@ -93,7 +93,7 @@ class Images(Modality):
     def _collect_decoded(self, ds: ImageFiles | ImageArrays, params: Params, out: Path) -> dict[str, Any]:
         from pipelines.modalities.image.cache import write_cache
 
-        task = get_task("classification" if params.data.task == "auto" else params.data.task)
+        task = get_task("classification" if params.data.task == "auto" else params.data.task, params)
         if task.target_kind != "labels":
             raise ParamsError(f"data.task: image files have class labels (folders, a label column), so {task.name!r} "
                               "does not apply")

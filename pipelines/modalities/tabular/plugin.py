@@ -45,7 +45,7 @@ class Tables(Modality):
 
         table = load_source(params.data)
         prep = prepare_table(table, params.data)
-        prof = table_profile(prep, params.data, get_task(prep.task))
+        prof = table_profile(prep, params.data, get_task(prep.task, params))
         prep.frame.to_parquet(out / "data.parquet", engine="pyarrow", index=False)
         log.info("%s: %d features, dropped %s", table.origin, len(prep.kinds),
                  [d["name"] for d in prep.dropped] or "none")

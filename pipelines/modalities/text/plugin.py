@@ -46,7 +46,7 @@ class Texts(Modality):
             raise ParamsError(f"data.text: {params.data.source!r} is not a text source (text columns are read "
                               "from csv:, jsonl: and parquet: files); leave data.text unset")
         prep = prepare_texts(table, params.data)
-        prof = text_profile(prep, params.data, get_task("classification"))
+        prof = text_profile(prep, params.data, get_task("classification", params))
         prep.frame.to_parquet(out / "data.parquet", engine="pyarrow", index=False)
         log.info("%s: %d classes (imbalance %.3g), script %s, %d rows dropped", table.origin, prof["num_classes"],
                  prof["imbalance_ratio"], prof["script"], prof["dropped_rows"]["total"])
