@@ -79,7 +79,7 @@ class Generation(Task):
     # ------------------------------------------------------------ design / configure / train
 
     def num_outputs(self, split: dict[str, Any]) -> int:
-        return len(split["classes"]) if self.p.conditional else 0  # the classes the generator is told
+        return len(split["classes"]) if split.get("conditional") else 0  # the classes the generator is told
 
     def dry_run(self, net: Any, batch: Any, split: dict[str, Any]) -> dict[str, Any]:
         import torch
