@@ -120,3 +120,24 @@ def test_typo_section_fails_repro_instead_of_up_to_date(repo: Path, env: dict[st
     assert proc.returncode != 0 and "trian" in out and "Traceback" not in out, out
     assert stages_run(out) == ["design"]
     path.write_text(good)
+
+
+def test_unsupervised_task_repro(tmp_path: Path, env: dict[str, str]) -> None:
+    """A task without a predictor (embedding: autoencoder latent + k-means) through the real
+    `dvc repro`: all seven stages, its baseline, its own plot and route."""
+    import json
+
+    copy_project(tmp_path)
+    write_tiny_params(tmp_path, data={"task": "embedding"}, model={"name": "autoencoder", "kwargs": {"latent": 4}},
+                      embedding={"clusters": 3}, evaluate={"baselines": ["pca_kmeans"], "min_score": -1.0})
+    sh(["git", "init", "-q"], tmp_path, env)
+    dvc(tmp_path, env, "init", "-q")
+    assert stages_run(dvc(tmp_path, env, "repro")) == ["collect", "split", "design", "configure", "train",
+                                                      "evaluate", "deploy"]
+    metrics = json.loads((tmp_path / "artifacts/evaluate/metrics.json").read_text())
+    assert {"ari", "silhouette"} <= set(metrics) and "pca_kmeans" in json.dumps(metrics)
+    manifest = json.loads((tmp_path / "artifacts/deploy/manifest.json").read_text())
+    assert manifest["task"] == "embedding" and manifest["route"] == "embed"
+    plots = json.loads(dvc(tmp_path, env, "plots", "show", "--json"))
+    assert plots["data"]["embedding (test vectors, PCA to 2-D)"], "the embedding scatter is drawn"
+    assert stages_run(dvc(tmp_path, env, "repro")) == []
