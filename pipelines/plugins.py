@@ -7,10 +7,15 @@ the baselines' inputs, the export of its preprocessing with the network (and the
 check it), the request schema and the one raw-request -> model-input function the service shares
 with training, and error analysis.
 
-A **task** is the output side, one kind of learning (``classification``, ``regression``). It owns
-the targets (encoding, strata, scaling), the output spec, the losses, the training step's loss and
-metrics, scoring with a decision rule (the same for the network and every baseline), the primary
-metric, plots, the export head and how parity is compared.
+A **task** is the output side, one kind of learning (``classification``, ``regression``; without a
+predictor: ``anomaly`` and ``embedding`` on an autoencoder, ``generation`` on a GAN). It owns the
+targets (encoding, strata, scaling; optional for anomaly/embedding), which architectures it trains
+(``model_kind``), the train rows, the LightningModule (asked of the network, never imported: every
+stage loads the tasks, only the training stages depend on ``models/``), the training loss and
+metrics, what evaluate runs (``head``/``prepare``/``outputs``), scoring with a decision rule (the same
+for the network and every baseline), the primary metric, plots, the export (head and graph), the
+service's route (``POST /predict``, ``/score``, ``/embed``, ``/generate``) and its request side when
+requests are not the modality's data, and how parity is compared.
 
 Steps never branch on a modality's or a task's name: collect asks ``modality_for(params.data)``;
 every later step reads ``kind`` and ``task`` from the files upstream and asks ``get_modality`` /

@@ -111,6 +111,9 @@ class Metadata(ModelMetadata):
     target: Optional[str] = None
     primary_metric: Optional[str] = None
     decision_threshold: Optional[float] = None
+    route: str = Field("predict", description="the model's POST route: predict, score, embed or generate")
+    rule: Optional[dict[str, Any]] = Field(None, description="the task's decision rule fitted in evaluate "
+                                                             "(anomaly: threshold; embedding: centroids)")
 
 
 def _inline(schema: Any, defs: dict[str, Any]) -> Any:
@@ -288,6 +291,7 @@ async def metadata() -> Response:
         primary_metric=m.get("primary_metric"), decision_threshold=m.get("decision_threshold"), metrics=m["metrics"],
         lineage={k: m.get(k) for k in ("run_id", "data_hash", "git_sha", "onnx_sha256")},
         input=m["input"], output=m["output"], bento_tag=m.get("bento_tag"), created_at=m.get("created_at"),
+        route=MODEL.task.route, rule=m.get("rule") or None,
         source=_public_source(MODEL.source), limits=SIDE.limits()).model_dump())
 
 

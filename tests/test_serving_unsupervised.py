@@ -254,6 +254,7 @@ def test_anomaly_metadata(score_server: tuple, anomaly_dir: Path) -> None:
     manifest = manifest_of(anomaly_dir)
     meta = http.get("/metadata").json()
     assert meta["task"] == "anomaly" and meta["kind"] == "tabular"
+    assert meta["route"] == "score" and meta["rule"]["value"] == manifest["rule"]["value"]
     assert meta["output"]["parts"] == FEATURES == [c["name"] for c in meta["input"]["columns"]]
     for key in ("model_name", "metrics", "input", "output", "target", "primary_metric"):
         assert meta[key] == manifest[key], key
@@ -295,6 +296,7 @@ def test_embedding_metadata(embed_server: tuple) -> None:
     http, _ = embed_server
     meta = http.get("/metadata").json()
     assert meta["task"] == "embedding" and meta["output"]["clusters"] == CLUSTERS
+    assert meta["route"] == "embed" and len(meta["rule"]["centroids"]) == CLUSTERS
     assert http.post("/predict", json={"images": [[[0] * 8] * 8]}).status_code in (404, 405)
 
 
