@@ -79,9 +79,10 @@ class LitModel(L.LightningModule):
             x = self.augment(x)
         loss, metrics = self.task.training_loss(self.net, x, y, self.loss_fn if stage == "train" else self.val_loss_fn,
                                                 stage)
+        sync = getattr(self._trainer, "world_size", 1) > 1  # DDP: each epoch's value is the mean over the processes' shards
         for name, value in metrics.items():
-            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+            self.log(f"{stage}_{name}", value, on_step=False, on_epoch=True, sync_dist=sync)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=sync)
         return loss
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

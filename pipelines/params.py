@@ -207,6 +207,10 @@ class TrainParams:
     patience: int = 5
     seed: int = 7
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    # one process (auto), or DistributedDataParallel over ``devices`` processes (ddp: gloo on CPU, NCCL on
+    # GPUs); ``batch_size`` stays the rows per optimiser step: each process takes batch_size / devices
+    strategy: Literal["auto", "ddp"] = "auto"
+    devices: int = 1
     num_threads: int = 1
     # auto: the modality decides (photos: on; digits, IDX files, tables, texts: off); true: on (an error
     # where the data has no augmentation); false: off
@@ -214,9 +218,14 @@ class TrainParams:
     experiment: str = "dlops"
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "patience", "num_threads"):
+        for key in ("epochs", "batch_size", "patience", "num_threads", "devices"):
             if getattr(self, key) < 1:
                 raise ParamsError(f"train.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.strategy == "auto" and self.devices != 1:
+            raise ParamsError(f"train.devices: {self.devices} processes need train.strategy: ddp")
+        if self.batch_size % self.devices:
+            raise ParamsError(f"train.batch_size: {self.batch_size} rows per step do not split evenly over "
+                              f"train.devices: {self.devices} processes")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import tempfile
 import time
 from dataclasses import fields
@@ -82,7 +83,7 @@ def build_model(spec: dict[str, Any], recipe: dict[str, Any], epochs: int,
 class EpochLogger(Callback):
     """Collects per-epoch metrics and sends each epoch to MLflow in one ``log_batch`` call."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any | None, run_id: str) -> None:
         self.client, self.run_id = client, run_id
         self.history: list[dict[str, float]] = []
 
@@ -93,6 +94,8 @@ class EpochLogger(Callback):
         row.update({k: float(v) for k, v in sorted(trainer.callback_metrics.items())})
         row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.history.append(row)
+        if self.client is None:  # a DDP worker: rank 0 logs
+            return
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, row["epoch"]) for k, v in row.items() if k != "epoch"]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=True)
@@ -145,30 +148,60 @@ def _write_curves(history: list[dict[str, float]], path: Path) -> None:
                              for row in history)
 
 
-def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Train the designed network with the configured recipe; write checkpoint, curves, run id."""
+def ddp_worker() -> bool:
+    """True in a process Lightning's DDP launcher started (rank > 0): it runs this step's command again."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
+
+
+def _trainer(p: Any, monitor: str | None, ckpt_dir: str, extra: list[Callback]) -> tuple[L.Trainer, Any]:
+    """The Trainer every process of a run builds alike (DDP needs the same callbacks on every rank)."""
+    checkpoint = None
+    callbacks = list(extra)
+    if monitor is not None:
+        checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="min", save_top_k=1, filename="best")
+        callbacks = [EarlyStopping(monitor, patience=p.patience, mode="min"), checkpoint, *extra]
+    trainer = L.Trainer(
+        max_epochs=p.epochs, accelerator=p.accelerator, devices=p.devices, strategy=p.strategy,
+        deterministic=True, logger=False, callbacks=callbacks, enable_checkpointing=checkpoint is not None,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    return trainer, checkpoint
+
+
+def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, out_dir: Path,
+        callbacks: tuple[Callback, ...] = (), tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train the designed network with the configured recipe; write checkpoint, curves, run id.
+    ``callbacks`` join the Trainer's (e.g. a sweep's pruning), ``tags`` the MLflow run's (e.g.
+    ``mlflow.parentRunId``)."""
     p = params.train
     if p.accelerator == "gpu" and not torch.cuda.is_available():  # before any work, not a Lightning traceback
         raise ParamsError("train.accelerator: 'gpu' but no CUDA device is visible here (use auto or cpu)")
+    if p.accelerator == "gpu" and p.devices > torch.cuda.device_count():
+        raise ParamsError(f"train.devices: {p.devices} GPUs asked, {torch.cuda.device_count()} visible")
     split_dir, design_dir, configure_dir = Path(split_dir), Path(design_dir), Path(configure_dir)
     spec = read_json(design_dir / "model_spec.json")
     recipe = read_json(configure_dir / "recipe.json")
     split = read_json(split_dir / "split.json")
     torch.set_num_threads(p.num_threads)
     L.seed_everything(p.seed, workers=True, verbose=False)
-    train_dl, val_dl = make_loaders(split_dir, p.batch_size, p.seed, params)
+    train_dl, val_dl = make_loaders(split_dir, p.batch_size // p.devices, p.seed, params)  # per process
     lit = build_model(spec, recipe, p.epochs, augmenter(params, split_dir), split_dir, params)
+    if ddp_worker():  # its shard of every epoch; rank 0 records the run and writes the outputs
+        monitor = get_task(split["task"], params).monitor
+        with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir:
+            _trainer(p, monitor, ckpt_dir, [EpochLogger(None, "")])[0].fit(lit, train_dl, val_dl)
+        return {}
 
     client = tracking.get_client()
     exp_id = tracking.ensure_experiment(client, p.experiment)
     tracking.close_dead_runs(client, exp_id)
     what = {f.name: section_dict(getattr(params, f.name)) for f in fields(params)
             if f.name not in ("evaluate", "deploy")}  # what the trained weights depend on
-    tags = {**_run_tags(split, split_dir, design_dir, configure_dir), **tracking.process_tags()}
+    tags = {**_run_tags(split, split_dir, design_dir, configure_dir), **tracking.process_tags(), **(tags or {})}
     mlrun = client.create_run(exp_id, run_name=tracking.run_name(split["task"], spec["arch"], what), tags=tags)
     run_id = mlrun.info.run_id
     try:
-        summary = _fit(params, lit, spec, recipe, split, train_dl, val_dl, client, run_id, out_dir)
+        summary = _fit(params, lit, spec, recipe, split, train_dl, val_dl, client, run_id, out_dir, list(callbacks))
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (see pipelines.cli)
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -180,7 +213,8 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
 
 
 def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: dict[str, Any], split: dict[str, Any],
-         train_dl: DataLoader, val_dl: DataLoader, client: Any, run_id: str, out_dir: Path) -> dict[str, Any]:
+         train_dl: DataLoader, val_dl: DataLoader, client: Any, run_id: str, out_dir: Path,
+         extra: list[Callback]) -> dict[str, Any]:
     from mlflow.entities import Param
 
     p = params.train
@@ -201,16 +235,7 @@ def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: d
     epoch_logger = EpochLogger(client, run_id)
     monitor = get_task(split["task"], params).monitor  # None (e.g. a GAN): no early stopping, the last epoch
     with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir, staged_outputs(out_dir) as tmp:
-        callbacks: list[Callback] = [epoch_logger]
-        checkpoint = None
-        if monitor is not None:
-            checkpoint = ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode="min", save_top_k=1, filename="best")
-            callbacks = [EarlyStopping(monitor, patience=p.patience, mode="min"), checkpoint, epoch_logger]
-        trainer = L.Trainer(
-            max_epochs=p.epochs, accelerator=p.accelerator, devices=1, deterministic=True, logger=False,
-            callbacks=callbacks, enable_checkpointing=checkpoint is not None,
-            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        )
+        trainer, checkpoint = _trainer(p, monitor, ckpt_dir, [epoch_logger, *extra])
         started = time.perf_counter()
         trainer.fit(lit, train_dl, val_dl)
         fit_seconds = time.perf_counter() - started
@@ -223,7 +248,7 @@ def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: d
                 "best_val_loss": best["val_loss"], "best_val_acc": best.get("val_acc"),
                 "best_val_mae_standardised": best.get("val_mae"),
                 "best_val": {k: v for k, v in best.items() if k.startswith("val_")},
-                "best_by": monitor or "last epoch",
+                "best_by": monitor or "last epoch", "strategy": p.strategy, "processes": p.devices,
                 "stopped_early": trainer.early_stopping_callback is not None
                 and trainer.early_stopping_callback.stopped_epoch > 0,
                 "fit_seconds": round(fit_seconds, 3)}
