@@ -67,10 +67,17 @@ def get_client() -> Any:
 
 
 def ensure_experiment(client: Any, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(name))
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(name))
+    except MlflowException as exc:  # another process created it between the two calls
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or (exp := client.get_experiment_by_name(name)) is None:
+            raise
+        return exp.experiment_id
 
 
 def git_sha(cwd: Path | None = None) -> str:

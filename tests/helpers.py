@@ -158,13 +158,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model_dir: Path, port: int, bentoml_home: Path, log_path: Path,
+def start_server(model_dir: Path | None, port: int, bentoml_home: Path, log_path: Path,
                  extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """``bentoml serve`` of the one service over ``model_dir`` on 127.0.0.1:port,
-    in its own process group (for killpg)."""
-    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "DLOPS_MODEL_DIR": str(model_dir),
-           "BENTOML_DO_NOT_TRACK": "true", **(extra_env or {})}
-    env.pop("DLOPS_MODEL_URI", None)
+    """``bentoml serve`` of the one service over ``model_dir`` on 127.0.0.1:port (None: registry mode,
+    ``DLOPS_MODEL_URI`` in ``extra_env``), in its own process group (for killpg)."""
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("DLOPS_MODEL_URI", None)  # the caller's shell: the model is what this call names
+    env.pop("DLOPS_MODEL_DIR", None)
+    if model_dir is not None:
+        env["DLOPS_MODEL_DIR"] = str(model_dir)
+    env.update(extra_env or {})
     root = Path(__file__).resolve().parents[1]
     from serving.model import SERVICE
 
