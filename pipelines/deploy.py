@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from pipelines import tracking
+from pipelines.card import attach_card, write_card
 from pipelines.cli import step_main
 from pipelines.data import preprocess_state
 from pipelines.files import DataError, failpoint, read_json, sha256_file, staged_outputs, write_json
@@ -261,6 +262,9 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
                 manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics,
                                          split["data_hash"], onnx_sha256, *signature))
                 failpoint("deploy.registered")
+            card = write_card(split_dir, train_dir, evaluate_dir, tmp, manifest)  # names the version: after register
+            if p.register:
+                attach_card(tracking.get_client(), p.model_name, manifest["version"], card, run_info["run_id"])
             write_json(tmp / "manifest.json", manifest)  # the Bento's copy: everything but its own tag
             if p.build_bento:
                 manifest["bento_tag"] = build_bento(tmp)
