@@ -22,6 +22,7 @@ import numpy as np
 from pipelines import tracking
 from pipelines.card import attach_card, write_card
 from pipelines.cli import step_main
+from pipelines.drift import REFERENCE, build_reference
 from pipelines.data import preprocess_state
 from pipelines.files import DataError, failpoint, read_json, sha256_file, staged_outputs, write_json
 from pipelines.params import DeployParams, Params, section_dict
@@ -257,8 +258,11 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
                 "params": section_dict(p),
             }
             write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
+            # the drift reference (pipelines/drift.py): inputs of the val split, predictions on test
+            reference = build_reference(split_dir, tmp)
             if p.register:
-                extra = [tmp / "manifest.json", *(tmp / f for f in exported.files)]
+                extra = [tmp / "manifest.json", *(tmp / f for f in exported.files),
+                         *([tmp / REFERENCE] if reference is not None else [])]
                 manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics,
                                          split["data_hash"], onnx_sha256, *signature))
                 failpoint("deploy.registered")

@@ -1,4 +1,4 @@
-"""One BentoML 1.4 service for every modality and task: ``POST /predict``, ``GET /metadata``.
+"""One BentoML 1.4 service for every modality and task: ``POST /predict``, ``GET /metadata``, ``GET /card``.
 
 The model (``DLOPS_MODEL_URI`` / ``DLOPS_MODEL_DIR`` / ``artifacts/deploy``) is loaded and checked
 when this module is imported, so a missing, corrupt, sha-mismatched or unknown-kind model stops
@@ -15,19 +15,24 @@ by the modality's checks, which stop at the first problem and name it (400, ``{"
 In front of everything, admission control answers 503 with ``Retry-After`` at once when more than
 ``DLOPS_MAX_INFLIGHT`` requests are in the service, so overload sheds instead of queueing.
 
+Answered requests are recorded for drift analysis when ``DLOPS_RECORD_DIR`` is set (``serving/record.py``:
+sampled, capped, off the request path), and ``/metrics`` counts what drifts: predicted labels, their
+confidence, and the inputs the model treats specially.
+
     bentoml serve serving.service:Predictor      # 127.0.0.1:3000; make serve picks the model
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import bentoml
 import orjson
@@ -38,7 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pipelines.modalities.schema import ModelMetadata, RequestError
 from serving.common import AdmissionControl, error_body
 from serving.limits import BodySizeLimitMiddleware, MultipartError, install_header_timeout, parse_multipart
-from serving.model import LoadedModel, ModelLoadError, load_model
+from serving.model import LoadedModel, ModelLoadError, load_model, resolve_model_dir
+from serving.record import Recorder, from_env as record_config_from_env
 
 logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config shows it
 
@@ -77,11 +83,29 @@ FIELD = SIDE.field
 ITEMS = TypeAdapter(SIDE.items_type())
 JSON, MULTIPART = "application/json", "multipart/form-data"
 CONTENT_TYPES = (JSON, MULTIPART) if SIDE.accepts_files else (JSON,)
+CARD_FILE = "card.md"
 
 
 def _public_source(source: str) -> str:
     """Where the model came from, without this machine's absolute paths."""
     return source if "://" in source or source.startswith("models:") else f"directory {Path(source).name}"
+
+
+def _read_card() -> Optional[str]:
+    """The model card written at deploy (``card.md`` in the model's directory; from the registry it may
+    sit in a subfolder, as manifest.json does), or None when the model has none."""
+    model_dir, _ = resolve_model_dir()  # registry mode: the directory already downloaded by _load
+    found = sorted(model_dir.rglob(CARD_FILE), key=lambda p: len(p.parts)) if model_dir.is_dir() else []
+    if not found:
+        return None
+    try:
+        return found[0].read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        logger.warning("cannot read the model card %s: %s", found[0], exc)
+        return None
+
+
+CARD = _read_card()  # a deployed version's card does not change while it is served
 
 
 # ---------------------------------------------------------------- schemas (from the plug-ins)
@@ -214,8 +238,9 @@ def _items(payload: Any) -> Any | Response:
         return _bad(f"{FIELD}: {exc}")
 
 
-def _files(body: bytes, content_type: str) -> Any | Response:
-    """The side's items from a multipart/form-data body: every part a file (any field name)."""
+def _files(body: bytes, content_type: str) -> tuple[Any, Callable[[], list[dict[str, str]]]] | Response:
+    """The side's items from a multipart/form-data body (every part a file, any field name), and a
+    function giving them in the JSON API's shape for recording (base64 only if the request is recorded)."""
     try:
         parts = parse_multipart(body, content_type, SIDE.max_items)
     except MultipartError as exc:
@@ -224,18 +249,24 @@ def _files(body: bytes, content_type: str) -> Any | Response:
     if fields:
         return _bad(f"form field {fields[0][:60]!r} is not a file: send each image as a file part "
                     "(curl -F file=@cat.jpg)")
+    files = [(part.filename or part.field, part.data) for part in parts]
     try:
-        return SIDE.from_files([(part.filename or part.field, part.data) for part in parts])
+        items = SIDE.from_files(files)
     except RequestError as exc:
         return _bad(str(exc))
+    return items, lambda: [{"name": name, "data": base64.b64encode(data).decode("ascii")} for name, data in files]
 
 
-def _parse(body: bytes, content_type: str, media_type: str) -> Any | Response:
-    """The validated items of a body, or the 400 response that names what is wrong."""
+def _parse(body: bytes, content_type: str, media_type: str) -> tuple[Any, Any] | Response:
+    """The validated items of a body and its items as sent (for recording), or the 400 response that
+    names what is wrong."""
     if media_type == MULTIPART:
         return _files(body, content_type)
     payload = _read_json(body)
-    return payload if isinstance(payload, Response) else _items(payload)
+    if isinstance(payload, Response):
+        return payload
+    items = _items(payload)
+    return items if isinstance(items, Response) else (items, payload[FIELD])
 
 
 def _predict(items: Any) -> dict[str, Any]:
@@ -249,6 +280,7 @@ def _predict(items: Any) -> dict[str, Any]:
                 input_notes.labels(note=note, key=key).inc(n)
         elif isinstance(counts, int) and not isinstance(counts, bool) and counts and note != "max_len":
             input_notes.labels(note=note, key="").inc(counts)
+    _count_predictions(rows)
     return {"model_name": MANIFEST["model_name"], "model_version": MANIFEST["version"],
             "model_alias": MANIFEST["alias"], "task": MANIFEST.get("task"), "target": MANIFEST.get("target"),
             **fields, "predictions": rows, "notes": inputs.notes}
@@ -266,11 +298,12 @@ async def predict(request: Request) -> Response:
     if isinstance(body, Response):
         return body
     if SIDE.offload and len(body) > INLINE_MAX_BYTES:
-        items = await asyncio.to_thread(_parse, body, content_type, media_type)
+        parsed = await asyncio.to_thread(_parse, body, content_type, media_type)
     else:
-        items = _parse(body, content_type, media_type)
-    if isinstance(items, Response):
-        return items
+        parsed = _parse(body, content_type, media_type)
+    if isinstance(parsed, Response):
+        return parsed
+    items, sent = parsed
     try:
         if SIDE.offload or len(items) > INLINE_MAX_ITEMS:
             result = await asyncio.to_thread(_predict, items)
@@ -278,7 +311,10 @@ async def predict(request: Request) -> Response:
             result = _predict(items)
     except RequestError as exc:
         return _bad(str(exc))
-    return _json(result)
+    response = _json(result)
+    if RECORDER is not None and RECORDER.sampled():  # only answered requests; the writer thread does the rest
+        RECORDER.offer(ROUTE, sent, result["predictions"], len(body))
+    return response
 
 
 @web.get("/metadata", response_model=Metadata, tags=["Service APIs"])
@@ -295,6 +331,23 @@ async def metadata() -> Response:
         source=_public_source(MODEL.source), limits=SIDE.limits()).model_dump())
 
 
+class MarkdownResponse(Response):
+    media_type = "text/markdown"  # Starlette adds "; charset=utf-8"
+
+
+@web.get("/card", response_class=MarkdownResponse, tags=["Service APIs"],
+         responses={200: {"description": "the model card (Markdown)",
+                          "content": {"text/markdown": {"schema": {"type": "string"}}}},
+                    404: {"description": "the served model has no card",  # JSON, unlike the route's 200
+                          "content": {JSON: {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}}})
+async def card() -> Response:
+    """The served version's model card: what it is for, its data, metrics and limits (``card.md``,
+    written at deploy)."""
+    if CARD is None:
+        return _json(error_body(f"the served model has no card ({CARD_FILE} is not in its directory)"), 404)
+    return MarkdownResponse(CARD)
+
+
 @web.get("/docs", include_in_schema=False)
 async def docs() -> RedirectResponse:
     """Swagger UI lives at / in BentoML; /docs is where people look for it."""
@@ -307,6 +360,57 @@ input_notes = bentoml.metrics.Counter(
     name="dlops_input_notes", labelnames=["note", "key"],
     documentation="What requests held that the model treats specially: missing values and unknown categories "
                   "per column (tables), texts cut to max_len (texts)")
+predictions = bentoml.metrics.Counter(name="dlops_predictions", labelnames=["label"],
+                                      documentation="Items answered, by predicted label (models that predict labels)")
+CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+confidence = bentoml.metrics.Histogram(
+    name="dlops_prediction_confidence", buckets=CONFIDENCE_BUCKETS,
+    documentation="The predicted label's probability, per item (models that predict labels)")
+recorded = bentoml.metrics.Counter(name="dlops_recorded_requests",
+                                   documentation="Requests written to DLOPS_RECORD_DIR")
+record_dropped = bentoml.metrics.Counter(
+    name="dlops_record_dropped", labelnames=["reason"],
+    documentation="Sampled requests not recorded: queue_full (the writer fell behind), too_large "
+                  "(one line over the file size), write_error (disk)")
+
+
+_per_label: dict[str, Any] = {}  # label -> its counter child: labels() costs more than inc() (the classes bound it)
+
+
+def _count_predictions(rows: list[dict[str, Any]]) -> None:
+    """Drift signals of the answers: label counts and confidence, for rows that carry a label (tasks
+    without labels add nothing here; their inputs still count in dlops_input_notes): ~10 us a row
+    (benchmarks/record_bench.py)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        label, probability = row.get("label"), row.get("probability")
+        if label is not None and probability is not None:  # a predicted label (a generated image's is asked for)
+            counts[label] = counts.get(label, 0) + 1
+            confidence.observe(probability)
+    for label, n in counts.items():
+        child = _per_label.get(label)
+        if child is None:
+            child = _per_label[label] = predictions.labels(label=label)
+        child.inc(n)
+
+
+def _recorder() -> Optional[Recorder]:
+    """The request recorder when DLOPS_RECORD_DIR is set; bad settings stop the service with one line."""
+    try:
+        config = record_config_from_env(os.environ)
+        if config is None:
+            return None
+        recorder = Recorder(config, MANIFEST["model_name"], MANIFEST["version"], on_written=recorded.inc,
+                            on_dropped=lambda reason, n: record_dropped.labels(reason=reason).inc(n))
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"error: cannot record requests: {exc}\n")
+        raise SystemExit(1) from None
+    logger.info("recording %g%% of answered requests into %s (at most %g MB)", 100 * config.sample,
+                recorder.folder, config.max_bytes / (1024 * 1024))
+    return recorder
+
+
+RECORDER = _recorder()
 
 
 @bentoml.service(
@@ -316,14 +420,17 @@ input_notes = bentoml.metrics.Counter(
     http={"host": "127.0.0.1", "port": 3000},
     traffic={"timeout": 30},
     logging={"access": {"enabled": ACCESS_LOG}},
-    tracing={"excluded_urls": [ROUTE, "/metadata"]},
+    tracing={"excluded_urls": [ROUTE, "/metadata", "/card"]},
 )
 @bentoml.asgi_app(web, path="/")
 class Predictor:
-    """The deployed model behind POST /predict and GET /metadata (ONNX Runtime in this process)."""
+    """The deployed model behind POST /predict, GET /metadata and GET /card (ONNX Runtime in this process)."""
 
     def __init__(self) -> None:
         self.model = MODEL
+        if RECORDER is not None:  # the series show from the start, at 0
+            for reason in ("queue_full", "too_large", "write_error"):
+                record_dropped.labels(reason=reason)
 
     async def __is_ready__(self) -> bool:
         return self.model is not None
