@@ -36,6 +36,7 @@ pytestmark = [pytest.mark.scale, pytest.mark.slow]
 
 EXPERIMENT = "dlops-scale"
 CONCURRENT_EXPERIMENT = "dlops-scale-concurrent"  # created by the 4 concurrent trainings themselves
+SWEEP_EXPERIMENT = "dlops-scale-sweep"
 MODEL_NAME = "dlops-scale-digits"
 CONCURRENT = 4
 
@@ -195,6 +196,34 @@ def test_four_trainings_at_once_lose_no_run(client: Any, pipeline: dict[str, Any
         assert "curves.csv" in {a.path for a in client.list_artifacts(run_id)}
 
 
+def test_sweep_on_postgresql_storage(client: Any, tracking_server: dict[str, Any], tmp_path: Path) -> None:
+    """The same sweep as tests/test_sweep.py, Optuna's storage on the PostgreSQL server and trials
+    logged to the tracking server: 2 workers, 3 trials, every one a child run of one parent."""
+    import optuna
+
+    from pipelines import sweep
+    from tests.conftest import TINY
+
+    tiny = {f"{section}.{key}": value for section, values in TINY.items() for key, value in values.items()}
+    tiny.update({"train.epochs": 2, "train.experiment": SWEEP_EXPERIMENT})
+    (tmp_path / "params.yaml").write_text(sweep.set_yaml_values((ROOT / "params.yaml").read_text(), tiny))
+    (tmp_path / "space.yaml").write_text("optim.lr: {low: 1.0e-3, high: 1.0e-2, log: true}\n"
+                                         "model.kwargs.hidden: {choices: [16, 32]}\n")
+    storage = tracking_server["pg"].create_database("optuna")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": tracking_server["uri"]}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.sweep", "--space", "space.yaml", "--params", "params.yaml",
+                           "--dir", "sweep", "--trials", "3", "--jobs", "2", "--storage", storage],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="space", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # pruning starts after 5 complete trials
+    runs = _runs(client, SWEEP_EXPERIMENT)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(parents) == 1 and len(children) == 3, [(r.info.run_name, r.data.tags.get("mlflow.parentRunId"))
+                                                      for r in runs]
+
+
 def test_no_run_left_running(client: Any, tracking_server: dict[str, Any]) -> None:
     from mlflow.entities import ViewType
 
@@ -202,4 +231,4 @@ def test_no_run_left_running(client: Any, tracking_server: dict[str, Any]) -> No
     running = client.search_runs([e.experiment_id for e in exps], filter_string="attributes.status = 'RUNNING'",
                                  run_view_type=ViewType.ALL, max_results=1000)
     assert [r.info.run_id for r in running] == []
-    assert {e.name for e in exps} >= {EXPERIMENT, CONCURRENT_EXPERIMENT}
+    assert {e.name for e in exps} >= {EXPERIMENT, CONCURRENT_EXPERIMENT, SWEEP_EXPERIMENT}
