@@ -123,8 +123,25 @@ def _download_from_registry(uri: str) -> Path:
     model_dir = onnx_files[0].parent
     _gather_named_files(uri, root, model_dir, manifest)
     manifest.update(identity)
+    _fetch_card(manifest, model_dir, tracking)
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return model_dir
+
+
+def _fetch_card(manifest: dict[str, Any], model_dir: Path, tracking_uri: str) -> None:
+    """The version's model card (pipelines/card.py logs it to the run as ``model_card/v<version>/card.md``
+    after registering, so it is not among the version's files); a version without one serves 404 at /card."""
+    import mlflow
+
+    run_id, version = manifest.get("run_id"), manifest.get("version")
+    if not run_id or version is None:
+        return
+    try:
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"model_card/v{version}/card.md",
+                                            dst_path=str(model_dir), tracking_uri=tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - no card is not a reason to refuse serving the model
+        logger.info("no model card for %s v%s: %s", manifest.get("model_name"), version,
+                    str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__)
 
 
 def _gather_named_files(uri: str, root: Path, model_dir: Path, manifest: dict[str, Any]) -> None:

@@ -146,6 +146,8 @@ def test_service_in_registry_mode_serves_the_champion(pipeline: dict[str, Any], 
             assert (meta["model_name"], str(meta["version"]), meta["alias"]) == (
                 MODEL_NAME, str(manifest["version"]), manifest["alias"])
             assert meta["lineage"]["run_id"] == pipeline["run_id"]
+            card = http.get("/card")  # fetched from the version's run: it is written after registering
+            assert card.status_code == 200 and f"v{manifest['version']}" in card.text, card.text[:300]
             assert meta["lineage"]["onnx_sha256"] == manifest["onnx_sha256"]
     except Exception:
         print((tmp_path / "serve.log").read_text(errors="replace")[-5000:])
