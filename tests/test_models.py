@@ -39,7 +39,7 @@ def _case(name):
     """(input_shape, data_args, make_rows) for ``name``: architectures that take ``cardinalities``
     get 9 numeric + 3 categorical columns, those that take ``vocab_size`` token ids, every other
     family 1x8x8 images (mlp flattens)."""
-    if name in TABULAR:
+    if "cardinalities" in inspect.signature(get_model_class(name)).parameters:  # TABULAR + tab_autoencoder
         return SHAPES["flat"], {"cardinalities": CARDS}, _tabular_rows
     if name in TEXT:
         return (12,), {"vocab_size": VOCAB}, _token_rows
