@@ -511,10 +511,10 @@ def build_reference(split_dir: Path, deploy_dir: Path, max_rows: int = MAX_REFER
     from serving.model import load_model_from
 
     split_dir, deploy_dir = Path(split_dir), Path(deploy_dir)
-    model = load_model_from(deploy_dir, str(deploy_dir))
-    try:
+    try:  # a modality without drift hooks (e.g. a plug-in of its own) first: it may have no service either
+        module = hooks(json.loads((deploy_dir / "manifest.json").read_text())["kind"])
+        model = load_model_from(deploy_dir, str(deploy_dir))
         _check_speaks_data(model)
-        module = hooks(model.manifest["kind"])
     except DriftError as exc:
         log.info("no drift reference: %s", exc)
         return None
