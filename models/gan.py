@@ -9,12 +9,12 @@ class dotted with the features) in the discriminator. Only the generator ships (
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -142,10 +142,10 @@ class DCGAN(nn.Module):
     # What the generation task asks of its network (so that the task plug-in, which every stage
     # loads, never imports this module itself).
     def training_module(self, *, lr: float, lo: Any, hi: Any, weight_decay: float = 0.0,
-                        classes: list[str] | None = None) -> GanLitModule:
+                        classes: list[str] | None = None) -> Any:
         """The LightningModule that trains this GAN; each epoch it can draw a sample grid
         (``epoch_artifact(folder, epoch)``, logged by the train step)."""
-        module = GanLitModule(self, lr=lr, lo=lo, hi=hi, weight_decay=weight_decay)
+        module = _lit_class()(self, lr=lr, lo=lo, hi=hi, weight_decay=weight_decay)
 
         def epoch_artifact(folder: Path, epoch: int) -> Path:
             path = Path(folder) / f"samples-epoch-{epoch:03d}.png"
@@ -224,84 +224,98 @@ def export_generator(net: DCGAN, path: str | Path, lo: Any, hi: Any, example_bat
             "output_name": IMAGE_NAME, "output_shape": [d.dim_param or d.dim_value for d in out_dims]}
 
 
-class GanLitModule(L.LightningModule):
-    """Non-saturating GAN training of a ``DCGAN`` with two Adam optimizers (manual optimisation).
+@functools.cache
+def _lit_class() -> type:
+    """``GanLitModule``, built on first use: Lightning costs ~7 s to import, and the steps that only
+    look architectures up (design) load this module too."""
+    import lightning as L
 
-    ``lo``/``hi`` are the model-input values (e.g. standardised pixels) of the data's raw minimum and
-    maximum; inputs are mapped onto [-1, 1] with them. Per batch: one discriminator step (BCE, real
-    targets ``real_label``) and one generator step on the same fakes. ``d_lr`` defaults to ``lr``.
-    """
+    class GanLitModule(L.LightningModule):
+        """Non-saturating GAN training of a ``DCGAN`` with two Adam optimizers (manual optimisation).
 
-    def __init__(self, net: DCGAN, lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999), *, lo: Any, hi: Any,
-                 weight_decay: float = 0.0, d_lr: float | None = None, real_label: float = 0.9) -> None:
-        super().__init__()
-        self.automatic_optimization = False
-        self.net = net
-        self.lr, self.d_lr = lr, lr if d_lr is None else d_lr
-        self.betas = tuple(betas)
-        self.weight_decay = weight_decay
-        self.real_label = real_label
-        self.register_buffer("lo", _as_image_tensor(lo, net.input_shape))
-        self.register_buffer("hi", _as_image_tensor(hi, net.input_shape))
+        ``lo``/``hi`` are the model-input values (e.g. standardised pixels) of the data's raw minimum and
+        maximum; inputs are mapped onto [-1, 1] with them. Per batch: one discriminator step (BCE, real
+        targets ``real_label``) and one generator step on the same fakes. ``d_lr`` defaults to ``lr``.
+        """
 
-    def forward(self, z: Tensor, labels: Tensor) -> Tensor:
-        return self.net.generate(z, labels)
+        def __init__(self, net: DCGAN, lr: float = 2e-4, betas: Sequence[float] = (0.5, 0.999), *, lo: Any, hi: Any,
+                     weight_decay: float = 0.0, d_lr: float | None = None, real_label: float = 0.9) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+            self.net = net
+            self.lr, self.d_lr = lr, lr if d_lr is None else d_lr
+            self.betas = tuple(betas)
+            self.weight_decay = weight_decay
+            self.real_label = real_label
+            self.register_buffer("lo", _as_image_tensor(lo, net.input_shape))
+            self.register_buffer("hi", _as_image_tensor(hi, net.input_shape))
 
-    def to_unit(self, x: Tensor) -> Tensor:
-        """Model inputs -> [-1, 1]."""
-        return 2.0 * (x - self.lo) / (self.hi - self.lo) - 1.0
+        def forward(self, z: Tensor, labels: Tensor) -> Tensor:
+            return self.net.generate(z, labels)
 
-    def _noise(self, n: int) -> Tensor:
-        return torch.randn(n, self.net.noise_dim, device=self.device)
+        def to_unit(self, x: Tensor) -> Tensor:
+            """Model inputs -> [-1, 1]."""
+            return 2.0 * (x - self.lo) / (self.hi - self.lo) - 1.0
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        opt_d, opt_g = self.optimizers()
-        x, y = batch
-        y = y.long()
-        real = self.to_unit(x)
-        fake = self.net.generate(self._noise(len(x)), y)
+        def _noise(self, n: int) -> Tensor:
+            return torch.randn(n, self.net.noise_dim, device=self.device)
 
-        # discriminator: real -> real_label, fake -> 0
-        self.toggle_optimizer(opt_d)
-        d_real = self.net.discriminate(real, y)
-        d_fake = self.net.discriminate(fake.detach(), y)
-        loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, self.real_label))
-                  + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        opt_d.zero_grad()
-        self.manual_backward(loss_d)
-        opt_d.step()
-        self.untoggle_optimizer(opt_d)
+        def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+            opt_d, opt_g = self.optimizers()
+            x, y = batch
+            y = y.long()
+            real = self.to_unit(x)
+            fake = self.net.generate(self._noise(len(x)), y)
 
-        # generator (non-saturating): the updated discriminator should call the fakes real
-        self.toggle_optimizer(opt_g)
-        g_logits = self.net.discriminate(fake, y)
-        loss_g = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
-        opt_g.zero_grad()
-        self.manual_backward(loss_g)
-        opt_g.step()
-        self.untoggle_optimizer(opt_g)
+            # discriminator: real -> real_label, fake -> 0
+            self.toggle_optimizer(opt_d)
+            d_real = self.net.discriminate(real, y)
+            d_fake = self.net.discriminate(fake.detach(), y)
+            loss_d = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, self.real_label))
+                      + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+            opt_d.zero_grad()
+            self.manual_backward(loss_d)
+            opt_d.step()
+            self.untoggle_optimizer(opt_d)
 
-        self.log("train_d_loss", loss_d.detach(), on_step=False, on_epoch=True)
-        self.log("train_g_loss", loss_g.detach(), on_step=False, on_epoch=True, prog_bar=True)
+            # generator (non-saturating): the updated discriminator should call the fakes real
+            self.toggle_optimizer(opt_g)
+            g_logits = self.net.discriminate(fake, y)
+            loss_g = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
+            opt_g.zero_grad()
+            self.manual_backward(loss_g)
+            opt_g.step()
+            self.untoggle_optimizer(opt_g)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        x, y = batch
-        y = y.long()
-        d_real = self.net.discriminate(self.to_unit(x), y)
-        d_fake = self.net.discriminate(self.net.generate(self._noise(len(x)), y), y)
-        logits = torch.cat([d_real, d_fake])
-        targets = torch.cat([torch.ones_like(d_real), torch.zeros_like(d_fake)])
-        self.log("val_loss", F.binary_cross_entropy_with_logits(logits, targets), on_step=False, on_epoch=True,
-                 prog_bar=True)
-        self.log("val_d_real", torch.sigmoid(d_real).mean(), on_step=False, on_epoch=True)
-        self.log("val_d_fake", torch.sigmoid(d_fake).mean(), on_step=False, on_epoch=True)
+            self.log("train_d_loss", loss_d.detach(), on_step=False, on_epoch=True)
+            self.log("train_g_loss", loss_g.detach(), on_step=False, on_epoch=True, prog_bar=True)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        opt_d = torch.optim.Adam(self.net.discriminator.parameters(), lr=self.d_lr, betas=self.betas,
-                                 weight_decay=self.weight_decay)
-        opt_g = torch.optim.Adam(self.net.generator.parameters(), lr=self.lr, betas=self.betas,
-                                 weight_decay=self.weight_decay)
-        return [opt_d, opt_g]
+        def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+            x, y = batch
+            y = y.long()
+            d_real = self.net.discriminate(self.to_unit(x), y)
+            d_fake = self.net.discriminate(self.net.generate(self._noise(len(x)), y), y)
+            logits = torch.cat([d_real, d_fake])
+            targets = torch.cat([torch.ones_like(d_real), torch.zeros_like(d_fake)])
+            self.log("val_loss", F.binary_cross_entropy_with_logits(logits, targets), on_step=False, on_epoch=True,
+                     prog_bar=True)
+            self.log("val_d_real", torch.sigmoid(d_real).mean(), on_step=False, on_epoch=True)
+            self.log("val_d_fake", torch.sigmoid(d_fake).mean(), on_step=False, on_epoch=True)
+
+        def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+            opt_d = torch.optim.Adam(self.net.discriminator.parameters(), lr=self.d_lr, betas=self.betas,
+                                     weight_decay=self.weight_decay)
+            opt_g = torch.optim.Adam(self.net.generator.parameters(), lr=self.lr, betas=self.betas,
+                                     weight_decay=self.weight_decay)
+            return [opt_d, opt_g]
+
+    return GanLitModule
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GanLitModule":
+        return _lit_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sample_grid_png(net: DCGAN, path: str | Path, lo: Any, hi: Any, n_per_class: int = 8, seed: int = 0,
