@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from pipelines import card
-from tests.conftest import make_params
+from tests.conftest import make_params, run_pipeline
 
 SECTIONS = ("## Intended use", "## Data", "## Evaluation", "## Worst classes and slices", "## Known limitations",
             "## Parity and lineage", "## Training cost")
@@ -54,8 +54,6 @@ def _table(n: int = 240, seed: int = 0) -> Any:
 
 def _build(work: Path, task: str) -> dict[str, Path]:
     """All seven steps in-process into ``work/<step>``, registering the version (no Bento)."""
-    from pipelines import collect, configure, deploy, design, evaluate, split, train
-
     sections = dict(MODELS[task])
     if task == "anomaly":
         _table().to_csv(work / "table.csv", index=False)
@@ -63,13 +61,7 @@ def _build(work: Path, task: str) -> dict[str, Path]:
     params = make_params(deploy={"build_bento": False, "register": True, "model_name": f"dlops-card-{task}",
                                  "parity_batch_sizes": [64]}, **sections)
     d = {s: work / s for s in ("collect", "split", "design", "configure", "train", "evaluate", "deploy")}
-    collect.run(params, d["collect"])
-    split.run(params, d["collect"], d["split"])
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
+    run_pipeline(params, work)
     return d
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from pipelines import drift
 from pipelines.drift import Categorical, Numeric, compare, profile
-from tests.conftest import make_params
+from tests.conftest import make_params, run_pipeline
 
 ALPHA = 0.01
 
@@ -337,20 +337,13 @@ def test_a_model_without_data_requests_is_refused() -> None:
 def _deploy(work: Path, name: str, data: dict[str, Any], arch: str, kwargs: dict[str, Any]) -> Path:
     """All seven steps' ``run`` functions in-process (1 epoch, no registry, no bento), then the drift
     reference as deploy writes it."""
-    from pipelines import collect, configure, deploy, design, evaluate, split, train
 
     params = make_params(
         data=data, model={"name": arch, "kwargs": kwargs}, train={"epochs": 1, "batch_size": 64, "patience": 1},
         evaluate={"baselines": [], "min_score": -1e9},
         deploy={"build_bento": False, "register": False, "model_name": f"dlops-test-{name}", "parity_batch_sizes": [7]})
     d = {s: work / s for s in ("collect", "split", "design", "configure", "train", "evaluate", "deploy")}
-    collect.run(params, d["collect"])
-    split.run(params, d["collect"], d["split"])
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
+    run_pipeline(params, work)
     drift.build_reference(d["split"], d["deploy"])
     return work
 

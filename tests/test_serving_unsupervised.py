@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import make_params
+from tests.conftest import make_params, run_pipeline
 from tests.helpers import serving
 
 FEATURES = ["x1", "x2", "color", "size"]  # the generated table's feature columns (target: y)
@@ -59,7 +59,6 @@ def _table(n: int = 240, seed: int = 0) -> pd.DataFrame:
 def _deploy(work: Path, name: str, data: dict[str, Any], arch: str, kwargs: dict[str, Any], epochs: int,
             **sections: dict[str, Any]) -> Path:
     """All seven steps' ``run`` functions in-process into ``work/<step>``; returns the deploy dir."""
-    from pipelines import collect, configure, deploy, design, evaluate, split, train
 
     params = make_params(
         data=data, model={"name": arch, "kwargs": kwargs},
@@ -69,13 +68,7 @@ def _deploy(work: Path, name: str, data: dict[str, Any], arch: str, kwargs: dict
                 "parity_batch_sizes": [7]},
         **sections)
     d = {s: work / s for s in ("collect", "split", "design", "configure", "train", "evaluate", "deploy")}
-    collect.run(params, d["collect"])
-    split.run(params, d["collect"], d["split"])
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
+    run_pipeline(params, work)
     return d["deploy"]
 
 
