@@ -6,7 +6,7 @@ the same ``metrics.json``:
 * **embedding** -- ``presets/digits_embedding.yaml``: sklearn digits, an autoencoder's latent space +
   k-means (k = 10) vs ``pca_kmeans`` (PCA to the same dimension + the same k-means). Bar: test ARI of
   the network >= that of PCA.
-* **anomaly** -- ``presets/anomaly_table.yaml`` with a generated table (seeded, 4,000 rows, ~2.5 %
+* **anomaly** -- ``presets/anomaly_table.yaml`` with a generated table (seeded, 4,000 rows, 3 %
   anomalies: correlated numeric columns, two categorical ones; the anomalies break the correlation
   structure or the category/number link, only a few are plain extremes) vs ``isolation_forest``,
   ``knn_distance``, ``pca_error``. Bar: ROC-AUC of the network >= Isolation Forest's - 0.02. The test
@@ -14,9 +14,11 @@ the same ``metrics.json``:
   against metrics.json) to give ROC-AUC per kind of anomaly: where each method wins.
 * **generation** -- ``presets/digits_gan.yaml``: a conditional DCGAN on the digits vs ``gmm`` (a
   Gaussian mixture per class), all judged by the same CNN. Bars: confident_share >= 0.80 and every
-  class covered (class_coverage = 1).
+  class covered (class_coverage = 1). For scale, the judge (re-trained as evaluate trains it: same seed,
+  same weights) also reads the real train and test digits (``--no-reference`` skips it): a generator
+  that drew digits like the held-out ones would score what the real test images score.
 
-    .venv/bin/python benchmarks/unsupervised_bench.py                       # all three, 1 seed
+    .venv/bin/python benchmarks/unsupervised_bench.py                       # all three, 1 seed (~8 min, 2 cores)
     .venv/bin/python benchmarks/unsupervised_bench.py --only anomaly --seeds 3
     .venv/bin/python benchmarks/unsupervised_bench.py --only generation --epochs 40 --set optim.lr=0.0003
 
