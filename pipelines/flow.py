@@ -17,7 +17,6 @@ its default overrides. ``prefect worker start --pool POOL`` then executes its ru
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import importlib
 import logging
@@ -65,52 +64,11 @@ def stage_calls(dvc_yaml: str | Path = "dvc.yaml") -> list[tuple[str, str, dict[
     return calls
 
 
-def apply_overrides(raw: Any, overrides: Mapping[str, Any] | None) -> Any:
-    """A copy of the parsed params.yaml with each dotted key (``train.epochs``, ``model.kwargs.hidden``)
-    set to its value. Keys are not checked here: ``parse_params`` names an unknown one."""
-    from pipelines.params import ParamsError
-
-    merged = copy.deepcopy(raw)
-    if not overrides:
-        return merged
-    if not isinstance(overrides, Mapping):
-        raise ParamsError(f"overrides: expected a mapping of dotted keys to values, got {overrides!r}")
-    for key, value in overrides.items():
-        parts = key.split(".") if isinstance(key, str) else []
-        if len(parts) < 2 or not all(p.strip() for p in parts):
-            raise ParamsError(f"overrides: {key!r}: expected a dotted key such as 'train.epochs'")
-        if not isinstance(merged, dict):
-            return merged  # parse_params reports the file itself
-        node = merged
-        for i, part in enumerate(parts[:-1]):
-            if node.get(part) is None:
-                node[part] = {}
-            elif not isinstance(node[part], dict):
-                raise ParamsError(f"overrides: {key!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
-            node = node[part]
-        node[parts[-1]] = copy.deepcopy(value)
-    return merged
-
-
 def load_run_params(params_path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Any:
-    """``load_params`` with ``overrides`` merged over the file first; one ``ParamsError`` naming the
-    file and the dotted key at fault."""
-    from pipelines.params import ParamsError, load_params, parse_params
+    """``pipelines.params.load_params`` with ``overrides`` (dotted keys) merged over the file."""
+    from pipelines.params import load_params
 
-    if not overrides:
-        return load_params(params_path)
-    path = Path(params_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    merged = apply_overrides(raw, overrides)
-    try:
-        return parse_params(merged, complete=True)
-    except ParamsError as exc:
-        raise ParamsError(f"{path} + overrides: {exc}") from None
+    return load_params(params_path, overrides)
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:

@@ -8,10 +8,12 @@ signature (``models.registry.create_model``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -438,8 +440,34 @@ def section_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def load_params(path: str | Path = DEFAULT_PATH) -> Params:
-    """Load and validate params.yaml; errors name the file and the dotted key."""
+def apply_overrides(raw: Any, overrides: Mapping[str, Any] | None) -> Any:
+    """A copy of the parsed params.yaml with each dotted key (``train.epochs``, ``model.kwargs.hidden``)
+    set to its value. Keys are not checked here: ``parse_params`` names an unknown one."""
+    merged = copy.deepcopy(raw)
+    if not overrides:
+        return merged
+    if not isinstance(overrides, Mapping):
+        raise ParamsError(f"overrides: expected a mapping of dotted keys to values, got {overrides!r}")
+    for key, value in overrides.items():
+        parts = key.split(".") if isinstance(key, str) else []
+        if len(parts) < 2 or not all(p.strip() for p in parts):
+            raise ParamsError(f"overrides: {key!r}: expected a dotted key such as 'train.epochs'")
+        if not isinstance(merged, dict):
+            return merged  # parse_params reports the file itself
+        node = merged
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            elif not isinstance(node[part], dict):
+                raise ParamsError(f"overrides: {key!r}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            node = node[part]
+        node[parts[-1]] = copy.deepcopy(value)
+    return merged
+
+
+def load_params(path: str | Path = DEFAULT_PATH, overrides: Mapping[str, Any] | None = None) -> Params:
+    """Load and validate params.yaml, with ``overrides`` (dotted keys, see ``apply_overrides``) merged over
+    it first; errors name the file and the dotted key."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -447,10 +475,12 @@ def load_params(path: str | Path = DEFAULT_PATH) -> Params:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    where = f"{path} + overrides" if overrides else str(path)
+    merged = apply_overrides(raw, overrides) if overrides else raw
     try:
-        return parse_params(raw, complete=True)
+        return parse_params(merged, complete=True)
     except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
+        raise ParamsError(f"{where}: {exc}") from None
 
 
 def section_dict(section: Any) -> dict[str, Any]:

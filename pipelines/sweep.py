@@ -48,7 +48,7 @@ from typing import Any
 import yaml
 
 from pipelines.files import ParamsError, pid_alive, read_json, write_json
-from pipelines.flow import apply_overrides
+from pipelines.params import apply_overrides
 
 log = logging.getLogger(__name__)
 
