@@ -5,8 +5,9 @@ when this module is imported, so a missing, corrupt, sha-mismatched or unknown-k
 ``bentoml serve`` at once with one line (exit 1) instead of a worker restarting forever. What the
 request looks like and how it becomes graph inputs comes from the model's modality (its
 ``RequestSide``: ``{"images": ...}``, ``{"records": ...}``, ``{"texts": ...}``); how outputs become
-predictions comes from its task. ONNX Runtime runs in this process: no inter-process hop, no
-batcher (the models here run in micro- to milliseconds, so a lone request never waits for a batch).
+predictions comes from its task. ONNX Runtime runs in this process: no inter-process hop and, by
+default, no batcher (the models here run in micro- to milliseconds); ``DLOPS_BATCH_MAX_ROWS`` turns on
+opportunistic batching (a lone request runs at once; requests that queue behind a run share the next).
 
 The routes are a FastAPI app mounted with ``bentoml.asgi_app``: the body is read under a size limit
 and a time limit, only ``application/json`` is taken (415 otherwise) -- and ``multipart/form-data``
@@ -41,6 +42,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from pipelines.modalities.schema import ModelMetadata, RequestError
+from serving.batching import Batcher
 from serving.common import AdmissionControl, error_body
 from serving.limits import BodySizeLimitMiddleware, MultipartError, install_header_timeout, parse_multipart
 from serving.model import LoadedModel, ModelLoadError, load_model, resolve_model_dir
@@ -51,6 +53,8 @@ logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config
 MAX_INFLIGHT = int(os.environ.get("DLOPS_MAX_INFLIGHT", "64"))
 BODY_TIMEOUT_S = float(os.environ.get("DLOPS_BODY_TIMEOUT_S", "10"))
 WORKERS = int(os.environ.get("DLOPS_WORKERS", "1"))
+# > 0: requests that arrive while the model runs share its next run, up to this many rows (serving/batching.py)
+BATCH_MAX_ROWS = int(os.environ.get("DLOPS_BATCH_MAX_ROWS", "0"))
 # Tokenizing 128 long texts takes a while: requests with more items than this run off the event loop
 INLINE_MAX_ITEMS = int(os.environ.get("DLOPS_INLINE_MAX_ITEMS", "32"))
 # Parsing a body of image files (up to 32 MiB of JSON or multipart) takes tens of ms: off the event loop too
@@ -271,7 +275,12 @@ def _parse(body: bytes, content_type: str, media_type: str) -> tuple[Any, Any] |
 
 def _predict(items: Any) -> dict[str, Any]:
     inputs = SIDE.to_inputs(items)
-    rows, fields = MODEL.task.respond(MODEL.run(inputs.feeds), MANIFEST)
+    return _answer(inputs, MODEL.run(inputs.feeds))
+
+
+def _answer(inputs: Any, outputs: Any) -> dict[str, Any]:
+    """The response body for a request's model inputs and the graph's output rows for them."""
+    rows, fields = MODEL.task.respond(outputs, MANIFEST)
     if inputs.extras:
         rows = [{**row, **extra} for row, extra in zip(rows, inputs.extras)]
     for note, counts in inputs.notes.items():
@@ -304,8 +313,12 @@ async def predict(request: Request) -> Response:
     if isinstance(parsed, Response):
         return parsed
     items, sent = parsed
+    offload = SIDE.offload or len(items) > INLINE_MAX_ITEMS
     try:
-        if SIDE.offload or len(items) > INLINE_MAX_ITEMS:
+        if BATCHER is not None:  # the model runs in a thread, with the requests that queued behind it
+            inputs = await asyncio.to_thread(SIDE.to_inputs, items) if offload else SIDE.to_inputs(items)
+            result = _answer(inputs, await BATCHER.run(inputs.feeds))
+        elif offload:
             result = await asyncio.to_thread(_predict, items)
         else:
             result = _predict(items)
@@ -411,6 +424,21 @@ def _recorder() -> Optional[Recorder]:
 
 
 RECORDER = _recorder()
+
+
+def _batcher() -> Optional[Batcher]:
+    """Opportunistic batching when DLOPS_BATCH_MAX_ROWS > 0 (serving/batching.py); off by default."""
+    if BATCH_MAX_ROWS <= 0:
+        return None
+    batches = bentoml.metrics.Histogram(
+        name="dlops_batch_requests", buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        documentation="Requests per model run (DLOPS_BATCH_MAX_ROWS batching)")
+    logger.info("batching: requests that queue while the model runs share its next run (at most %d rows)",
+                BATCH_MAX_ROWS)
+    return Batcher(MODEL.run, BATCH_MAX_ROWS, on_batch=lambda requests, rows: batches.observe(requests))
+
+
+BATCHER = _batcher()
 
 
 @bentoml.service(
