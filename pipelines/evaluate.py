@@ -99,8 +99,9 @@ def _rows(X: Any, rows: np.ndarray) -> Any:
     return X[rows] if isinstance(X, np.ndarray) else [X[i] for i in rows]
 
 
-def verdict(metrics: dict[str, Any], metric: str) -> None:
-    """Name the best baseline on the primary metric and the network's margin (negative: it wins)."""
+def verdict(metrics: dict[str, Any], metric: str, task: Any = None) -> None:
+    """Name the best baseline on the primary metric and the network's margin (negative: it trails);
+    the task may add what the primary metric does not show (``Task.verdict_note``)."""
     if not metrics["baselines"]:
         metrics["verdict"] = f"no baselines run (evaluate.baselines is empty): nothing to compare {metric} with"
         return
@@ -111,6 +112,9 @@ def verdict(metrics: dict[str, Any], metric: str) -> None:
     who = "the network beats" if margin > 0 else "the network ties" if margin == 0 else "the network trails"
     metrics["verdict"] = (f"{who} the best baseline ({best}) on test {metric}: {metrics[metric]:.4f} vs "
                           f"{metrics['baselines'][best][metric]:.4f} ({margin:+.4f})")
+    note = task.verdict_note(metrics) if task is not None else None
+    if note:
+        metrics["verdict"] += f"; {note}"
 
 
 def gate(p: EvaluateParams, metric: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +156,7 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
             "rows": BASELINE_MAX_TRAIN_ROWS, "of": int(len(y["train"])),
             "why": f"baselines fit on a seeded sample of {BASELINE_MAX_TRAIN_ROWS} train rows (the network on all); "
                    "val and test are complete, so every model is scored on the same rows"}
-    verdict(metrics, metric)
+    verdict(metrics, metric, task)
     result = {**gate(p, metric, metrics), "decision_threshold": rule.get("value"), "rule": rule,
               "run_id": run_info["run_id"], "params": section_dict(p)}
     with staged_outputs(out_dir) as tmp:

@@ -357,6 +357,10 @@ class Task:
         """Name -> unfitted estimator over flat feature arrays (``categorical``: column indices)."""
         raise NotImplementedError
 
+    def verdict_note(self, metrics: dict[str, Any]) -> str | None:
+        """What the verdict should add beyond the primary metric (e.g. a metric where a baseline wins)."""
+        return None
+
     def report(self, y: np.ndarray, test: dict[str, np.ndarray], rule: dict[str, Any], split: dict[str, Any],
                plots: Path) -> tuple[dict[str, Any], dict[str, list[tuple]]]:
         """A JSON report and CSV plot files (name -> rows); PNGs are written into ``plots``."""

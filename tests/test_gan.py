@@ -163,3 +163,39 @@ def test_sample_grid_png(classes, shape, tmp_path, one_thread):
     assert data == (tmp_path / "again.png").read_bytes()  # fixed noise: epochs compare
     assert net.training  # mode restored
     assert elapsed < 1.5  # the first call pays matplotlib's imports; measured ~0.02 s warm for 8x8
+
+
+def test_verdict_names_the_frechet_distance_where_the_baseline_is_closer():
+    """The confident share saturates (real digits score ~0.98): the verdict adds the Fréchet distance."""
+    from pipelines.evaluate import verdict
+    from pipelines.tasks.generation import Generation
+
+    metrics = {"confident_share": 0.99, "frechet_distance": 3.5,
+               "baselines": {"gmm": {"confident_share": 0.98, "frechet_distance": 1.25}}}
+    verdict(metrics, "confident_share", Generation())
+    assert metrics["verdict"].startswith("the network beats the best baseline (gmm) on test confident_share")
+    assert metrics["verdict"].endswith("frechet_distance to the test images (lower is better; variety as well "
+                                       "as quality): 3.500 vs 1.250, the baseline (gmm) is closer")
+    metrics["frechet_distance"] = 1.0
+    verdict(metrics, "confident_share", Generation())
+    assert metrics["verdict"].endswith("1.000 vs 1.250, the network is closer")
+    metrics["baselines"] = {}
+    verdict(metrics, "confident_share", Generation())
+    assert metrics["verdict"].startswith("no baselines run")
+
+
+def test_judge_is_confident_on_real_digits(one_thread):
+    """No label smoothing: a judge that reads the digits well is confident on most real ones (with
+    smoothing 0.1 its probabilities stopped near 0.91 and a third of the real test digits failed p >= 0.9)."""
+    from sklearn.datasets import load_digits
+
+    from pipelines.tasks.generation import Judge
+
+    X, y = load_digits(return_X_y=True)
+    X = (X.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    torch.manual_seed(0)
+    judge = Judge(create_model("cnn", [1, 8, 8], 10), epochs=8, seed=0).fit(X[:1200], y[:1200])
+    proba, features = judge.predict(X[1200:])
+    assert (proba.argmax(1) == y[1200:]).mean() > 0.9
+    assert ((proba.max(1) >= 0.9) & (proba.argmax(1) == y[1200:])).mean() > 0.8
+    assert features.shape[0] == len(X) - 1200

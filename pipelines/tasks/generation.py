@@ -2,16 +2,19 @@
 
 Training is a DCGAN-style generator against a discriminator (``models/gan.py``: Lightning manual
 optimisation, two Adam optimisers); the weights of the last epoch are kept (a GAN's losses do not say
-which epoch is best) and a grid of samples per epoch goes to the MLflow run (``epochs/``).
+which epoch is best) and a grid of samples goes to the MLflow run (``epochs/``) about 25 times per run
+and at the last epoch.
 
 Evaluation needs a judge: a CNN trained in evaluate on the train split with the classification task's
-loss (its test accuracy is reported; a judge that cannot read the real images cannot grade fakes).
+loss (its test accuracy is reported; a judge that cannot read the real images cannot grade fakes), without
+label smoothing, which would cap its probabilities below a 0.9 bar.
 The generator draws ``generation.samples`` images (classes in turn when conditional); metrics:
 ``confident_share`` (primary) -- the share the judge classifies with probability >= ``confidence`` (as
 the requested class when conditional); ``class_coverage`` -- the share of classes that are the judge's
 answer for at least 1 % of the samples (mode collapse shows here); ``frechet_distance`` -- between the
 judge's penultimate-layer features of the samples and of the test images (lower is better; the
-distance between the train and the test images is given for scale). The baseline ``gmm`` is a
+distance between the train and the test images is given for scale); ``real_test_confident_share`` --
+the confident share of the real test images (the ceiling a perfect generator reaches). The baseline ``gmm`` is a
 Gaussian mixture per class on the pixels (scikit-learn), sampled and judged the same way.
 
 The served graph is the generator alone: ``noise`` [N, noise_dim] and ``label`` [N] -> images in the
@@ -154,6 +157,11 @@ class Generation(Task):
         test = _array(X_test)
         proba, self.test_features = self.judge.predict(test)
         self.judge_accuracy = float((proba.argmax(1) == y_test).mean())
+        # the same bar applied to the real test images: the ceiling a perfect generator would reach
+        real_ok = proba.max(1) >= self.p.confidence
+        if self.p.conditional:
+            real_ok &= proba.argmax(1) == y_test
+        self.real_confident_share = float(real_ok.mean())
         train_features = self.judge.predict(_array(X_train)[:len(test) * 4])[1]
         self.train_test_fd = frechet_distance(train_features, self.test_features)
 
@@ -194,7 +202,8 @@ class Generation(Task):
                    "class_coverage": round(float((shares >= COVERAGE_SHARE).mean()), 6),
                    "frechet_distance": round(frechet_distance(features, self.test_features), 4),
                    "train_test_frechet_distance": round(self.train_test_fd, 4),
-                   "judge_test_accuracy": round(self.judge_accuracy, 6)}
+                   "judge_test_accuracy": round(self.judge_accuracy, 6),
+                   "real_test_confident_share": round(self.real_confident_share, 6)}
         if self.p.conditional:
             per_class = [float(confident[requested == c].mean()) for c in range(len(self.classes))]
             metrics["worst_class_confident_share"] = round(min(per_class), 6)
@@ -209,6 +218,18 @@ class Generation(Task):
 
     def baseline_factories(self, categorical: list[int]) -> dict[str, Callable[[], Any]]:
         return {"gmm": lambda: ClassGaussians(self.p.conditional)}
+
+    def verdict_note(self, metrics: dict[str, Any]) -> str | None:
+        """The confident share rewards typical samples, not variety: the Fréchet distance (lower is better)
+        judges both, so the verdict names who is closer to the test images there."""
+        key = "frechet_distance"
+        scored = {n: b[key] for n, b in metrics["baselines"].items() if key in b}
+        if key not in metrics or not scored:
+            return None
+        best = min(scored, key=scored.get)
+        who = "the network is closer" if metrics[key] < scored[best] else f"the baseline ({best}) is closer"
+        return (f"{key} to the test images (lower is better; variety as well as quality): {metrics[key]:.3f} vs "
+                f"{scored[best]:.3f}, {who}")
 
     def baseline_inputs(self, modality: Any, split_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
         """Whole images, flattened: the baseline samples images the judge reads (test: unused)."""
@@ -320,7 +341,9 @@ class Judge:
         opt = torch.optim.AdamW(self.net.parameters(), lr=3e-3, weight_decay=1e-4)
         g = torch.Generator().manual_seed(self.seed)
         Xt, yt = torch.from_numpy(X), torch.as_tensor(y, dtype=torch.long)
-        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        # no label smoothing: it caps the judge's probabilities near 0.91, so a 0.9 confidence bar would
+        # reject about a third of the real test digits (measured: 68 % pass with smoothing 0.1, 97.8 % without)
+        loss_fn = torch.nn.CrossEntropyLoss()
         self.net.train()
         for _ in range(self.epochs):
             for idx in torch.randperm(len(Xt), generator=g).split(JUDGE_BATCH):
@@ -352,7 +375,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     from scipy import linalg
 
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eye = np.eye(a.shape[1]) * 1e-6  # keeps sqrtm stable when features are (near) collinear
+    cov_a, cov_b = np.cov(a, rowvar=False) + eye, np.cov(b, rowvar=False) + eye
     covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
     covmean = np.real(covmean)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
