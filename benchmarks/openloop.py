@@ -28,13 +28,15 @@ class Result:
     """What one run saw: per status, latencies in ms (from the scheduled arrival); the generator's lag."""
 
     latencies: dict[str, list[float]] = field(default_factory=dict)
+    arrivals: dict[str, list[float]] = field(default_factory=dict)  # s since the start, beside latencies
     lag_ms: list[float] = field(default_factory=list)
     client_limited: int = 0
     errors: int = 0
     elapsed_s: float = 0.0
 
-    def add(self, status: str, ms: float) -> None:
+    def add(self, status: str, ms: float, at: float) -> None:
         self.latencies.setdefault(status, []).append(ms)
+        self.arrivals.setdefault(status, []).append(at)
 
 
 class _Conn(asyncio.Protocol):
@@ -77,6 +79,7 @@ class _Pool:
         self.idle: deque[_Conn] = deque()
         self.open = 0
         self.outstanding = 0
+        self.start = time.perf_counter()
         self.closed_loop: tuple[bytes, float] | None = None  # (request, until): resend at once on an answer
 
     async def connect(self) -> _Conn:
@@ -108,7 +111,7 @@ class _Pool:
 
     def done(self, conn: _Conn, status: str, scheduled: float, closing: bool) -> None:
         self.outstanding -= 1
-        self.result.add(status, (time.perf_counter() - scheduled) * 1e3)
+        self.result.add(status, (time.perf_counter() - scheduled) * 1e3, scheduled - self.start)
         if closing:
             conn.transport.close()
         elif self.closed_loop is not None and time.perf_counter() < self.closed_loop[1]:
@@ -127,7 +130,7 @@ class _Pool:
 
 
 async def _run(url: str, body: bytes, rate: float, seconds: float, max_conns: int, seed: int,
-               warm_conns: int, drain_s: float) -> Result:
+               warm_conns: int, drain_s: float, settle_s: float = 0.0) -> Result:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -136,10 +139,11 @@ async def _run(url: str, body: bytes, rate: float, seconds: float, max_conns: in
     pool = _Pool(host, port, max_conns, result)
     for conn in await asyncio.gather(*(pool.connect() for _ in range(min(warm_conns, max_conns)))):
         pool.idle.append(conn)
+    await asyncio.sleep(settle_s)
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task] = set()
-    start = time.perf_counter()
+    start = pool.start = time.perf_counter()
     t = start
     end = start + seconds
     while True:
@@ -176,7 +180,7 @@ async def _run_closed(url: str, body: bytes, clients: int, seconds: float) -> Re
     result = Result()
     pool = _Pool(host, port, clients, result)
     conns = await asyncio.gather(*(pool.connect() for _ in range(clients)))
-    start = time.perf_counter()
+    start = pool.start = time.perf_counter()
     pool.closed_loop = (request, start + seconds)
     for conn in conns:
         pool.outstanding += 1
@@ -204,9 +208,9 @@ def run_closed(url: str, body: bytes, clients: int, seconds: float) -> Result:
 
 
 def run(url: str, body: bytes, rate: float, seconds: float, max_conns: int = 1024, seed: int = 0,
-        warm_conns: int = 64, drain_s: float = 15.0) -> Result:
+        warm_conns: int = 64, drain_s: float = 15.0, settle_s: float = 0.0) -> Result:
     """Offer ``rate`` req/s (Poisson) for ``seconds``; wait up to ``drain_s`` for the last answers."""
-    return _runner()(_run(url, body, rate, seconds, max_conns, seed, warm_conns, drain_s))
+    return _runner()(_run(url, body, rate, seconds, max_conns, seed, warm_conns, drain_s, settle_s))
 
 
 def quantile(values: list[float], q: float) -> float:

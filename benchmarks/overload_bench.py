@@ -1,14 +1,15 @@
 """Overload of the dlops service: the server pinned to CPU 0 (one worker), the load generator to CPU 1,
 so the generator does not steal the server's core.
 
-    python benchmarks/overload_bench.py [--seconds 60] [--factor 2] [--max-inflight 64] [--generator poisson]
+    python benchmarks/overload_bench.py [--seconds 60] [--factor 2] [--max-inflight 32] [--generator poisson]
 
 Measures capacity C with 16 closed-loop keep-alive clients, then offers ``factor`` x C for ``seconds``
 and prints accepted/shed counts and latency per status (from each request's arrival), the server's log
 lines during the overload and the 1-client p50 right after, 5 x 1 s.
 
 ``--generator poisson`` (default, ``benchmarks/openloop.py``): open-loop Poisson arrivals at the
-offered rate, the load of many independent clients. ``--generator hey`` (Debian's ``hey``): 400
+offered rate, the load of many independent clients, over keep-alive connections (256 opened a second
+before the overload; more are opened when all are busy). ``--generator hey`` (Debian's ``hey``): 400
 rate-limited workers whose ticks fall in phase, i.e. bursts of up to 400 requests at once ~9 times a
 second -- a harsher shape, kept for comparison.
 """
@@ -47,7 +48,7 @@ def generate(kind: str, url: str, body: Path, rate: float, seconds: int) -> tupl
             by.setdefault(row["status-code"], []).append(float(row["response-time"]) * 1e3)
         return by, seconds, "hey, 400 workers (bursts)"
     code = (f"import json, sys; from benchmarks.openloop import run; r = run({url!r}, open({str(body)!r}, 'rb').read(), "
-            f"{rate}, {seconds}); json.dump({{'lat': r.latencies, 'elapsed': r.elapsed_s, 'lag': sorted(r.lag_ms)"
+            f"{rate}, {seconds}, warm_conns=256, settle_s=1.0); json.dump({{'lat': r.latencies, 'elapsed': r.elapsed_s, 'lag': sorted(r.lag_ms)"
             f"[int(0.99 * len(r.lag_ms))] if r.lag_ms else 0, 'limited': r.client_limited, 'errors': r.errors}}, sys.stdout)")
     res = json.loads(subprocess.run([*PIN_GENERATOR, sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                                     text=True, check=True).stdout)
@@ -70,7 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--factor", type=float, default=2.0)
-    ap.add_argument("--max-inflight", type=int, default=64)
+    ap.add_argument("--max-inflight", type=int, default=32)
     ap.add_argument("--generator", choices=("poisson", "hey"), default="poisson")
     args = ap.parse_args()
     if shutil.which("taskset") is None or (args.generator == "hey" and shutil.which("hey") is None):

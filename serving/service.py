@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import logging
 import os
@@ -43,15 +44,18 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from pipelines.modalities.schema import ModelMetadata, RequestError
 from serving.batching import Batcher
-from serving.common import AdmissionControl, error_body
+from serving.common import AdmissionControl, RequestTimeout, error_body
 from serving.limits import BodySizeLimitMiddleware, MultipartError, install_header_timeout, parse_multipart
 from serving.model import LoadedModel, ModelLoadError, load_model, resolve_model_dir
 from serving.record import Recorder, from_env as record_config_from_env
 
 logger = logging.getLogger("bentoml.dlops")  # under bentoml: its logging config shows it
 
-MAX_INFLIGHT = int(os.environ.get("DLOPS_MAX_INFLIGHT", "64"))
+# per worker; beyond ~32 queued requests a 1-core worker only adds queueing delay (benchmarks/overload_bench.py)
+MAX_INFLIGHT = int(os.environ.get("DLOPS_MAX_INFLIGHT", "32"))
 BODY_TIMEOUT_S = float(os.environ.get("DLOPS_BODY_TIMEOUT_S", "10"))
+# no response started within this many seconds -> 504 (serving.common.RequestTimeout)
+REQUEST_TIMEOUT_S = int(os.environ.get("DLOPS_REQUEST_TIMEOUT_S", "30"))
 WORKERS = int(os.environ.get("DLOPS_WORKERS", "1"))
 # > 0: requests that arrive while the model runs share its next run, up to this many rows (serving/batching.py)
 BATCH_MAX_ROWS = int(os.environ.get("DLOPS_BATCH_MAX_ROWS", "0"))
@@ -446,7 +450,7 @@ BATCHER = _batcher()
     workers=WORKERS,
     # loopback by default (BentoML binds 0.0.0.0); `bentoml serve --host 0.0.0.0` or a container opens it up
     http={"host": "127.0.0.1", "port": 3000},
-    traffic={"timeout": 30},
+    traffic={"timeout": REQUEST_TIMEOUT_S},
     logging={"access": {"enabled": ACCESS_LOG}},
     tracing={"excluded_urls": [ROUTE, "/metadata", "/card"]},
 )
@@ -467,10 +471,13 @@ class Predictor:
 def _admission_control_first() -> None:
     """Put admission control in front of BentoML's own middlewares (metrics, tracing, access log),
     which otherwise wrap every service middleware: a shed request then costs 0.1 ms instead of
-    0.55-0.69 ms (measured), so shedding itself cannot saturate the event loop. BentoML (pinned
-    1.4.39) has no option for the order; if its internals move, the order stays BentoML's."""
+    0.55-0.69 ms (measured), so shedding itself cannot saturate the event loop. BentoML's per-request
+    timeout becomes ``RequestTimeout`` (its own leaves a live timer per request for 30 s). BentoML
+    (pinned 1.4.39) has no option for either; if its internals move, the middlewares stay BentoML's."""
     try:
         from _bentoml_impl.server.app import ServiceAppFactory
+        from bentoml._internal.server.http.traffic import TimeoutMiddleware
+        from starlette.middleware import Middleware
     except ImportError:
         return
     original = ServiceAppFactory.__dict__.get("middlewares")
@@ -478,7 +485,8 @@ def _admission_control_first() -> None:
         return
 
     def middlewares(self: Any) -> list[Any]:
-        found = original.fget(self)
+        found = [Middleware(RequestTimeout, timeout=m.kwargs["timeout"])
+                 if m.cls is TimeoutMiddleware and "timeout" in m.kwargs else m for m in original.fget(self)]
         return sorted(found, key=lambda m: m.cls is not AdmissionControl)  # stable: the rest keep their order
 
     middlewares.dlops_admission_first = True  # type: ignore[attr-defined]
@@ -490,3 +498,10 @@ Predictor.add_asgi_middleware(AdmissionControl, max_inflight=MAX_INFLIGHT, paths
                               on_shed=lambda: rejected.labels(reason="503").inc())
 _admission_control_first()
 install_header_timeout()  # DLOPS_HEADER_TIMEOUT_S (10): slow or silent clients get 408
+
+
+# Everything imported and loaded so far (BentoML, FastAPI, pydantic, the model: ~1 M objects) lives as long
+# as the process: out of the garbage collector's sight, a full collection under load costs ~5-10 ms instead
+# of 50-60 ms every second or so (benchmarks/overload_bench.py: 503 p99 254 -> 53 ms at 2x capacity).
+gc.collect()
+gc.freeze()
