@@ -50,7 +50,8 @@ def build_demo_model(out_dir: Path, seed: int = 0) -> Path:
 
 
 def build_photo_model(out_dir: Path, channels: int = 3, size: tuple[int, int] = (32, 32),
-                      classes: tuple[str, ...] = ("cat", "dog", "bird"), seed: int = 0) -> Path:
+                      classes: tuple[str, ...] = ("cat", "dog", "bird"), seed: int = 0,
+                      arch: str = "cnn", kwargs: dict[str, Any] | None = None) -> Path:
     """A model of image *files* as deploy writes it: a tiny untrained CNN taking float32 raw 0..255
     values ``[-1, channels, H, W]`` (standardisation baked in) and a manifest whose input has
     ``"image": {"size", "channels"}``, the contract the service decodes uploads by; ~10 s."""
@@ -62,7 +63,8 @@ def build_photo_model(out_dir: Path, channels: int = 3, size: tuple[int, int] = 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     shape = [channels, *size]
-    net = create_model("cnn", tuple(shape), len(classes), channels=[8, 16], hidden=32)
+    net = create_model(arch, tuple(shape), len(classes),
+                       **(kwargs if kwargs is not None else {"channels": [8, 16], "hidden": 32}))
     deployable = Deployable(net, {"kind": "standardize_global", "mean": 120.0, "std": 64.0}, shape)
     export_onnx(deployable, shape, out_dir / "model.onnx")
     manifest = {
