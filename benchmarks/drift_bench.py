@@ -49,7 +49,6 @@ import pandas as pd  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "data" / "zh_reviews_dev.csv"
 HOTEL = ("酒店", "房间", "宾馆", "前台", "入住")
-STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
 log = logging.getLogger("drift_bench")
 
 
@@ -59,7 +58,7 @@ log = logging.getLogger("drift_bench")
 def build(work: Path, data: dict[str, Any], arch: str, kwargs: dict[str, Any], test: float, epochs: int = 2,
           **sections: dict[str, Any]) -> dict[str, Any]:
     """All seven steps into ``work/<step>`` plus the drift reference; the loaded model and its parts."""
-    from pipelines import collect, configure, deploy, design, evaluate, split, train
+    from tests.helpers import run_steps
     from pipelines.drift import build_reference
     from pipelines.params import parse_params
     from serving.model import load_model_from
@@ -72,15 +71,8 @@ def build(work: Path, data: dict[str, Any], arch: str, kwargs: dict[str, Any], t
         "evaluate": {"baselines": [], "min_score": -1e9},
         "deploy": {"build_bento": False, "register": False, "model_name": f"drift-bench-{work.name}",
                    "parity_batch_sizes": [64]}, **sections})
-    d = {s: work / s for s in STEPS}
     started = time.perf_counter()
-    collect.run(params, d["collect"])
-    split.run(params, d["collect"], d["split"])
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
+    d = run_steps(params, work)["dirs"]
     built = time.perf_counter() - started
     started = time.perf_counter()
     reference = build_reference(d["split"], d["deploy"])

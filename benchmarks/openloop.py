@@ -129,12 +129,18 @@ class _Pool:
             self.result.errors += 1
 
 
-async def _run(url: str, body: bytes, rate: float, seconds: float, max_conns: int, seed: int,
-               warm_conns: int, drain_s: float, settle_s: float = 0.0) -> Result:
+def _request(url: str, body: bytes) -> tuple[str, int, bytes]:
+    """(host, port, the bytes of one keep-alive JSON POST of ``body`` to ``url``)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    head = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return host, port, head.encode() + body
+
+
+async def _run(url: str, body: bytes, rate: float, seconds: float, max_conns: int, seed: int,
+               warm_conns: int, drain_s: float, settle_s: float = 0.0) -> Result:
+    host, port, request = _request(url, body)
     result = Result()
     pool = _Pool(host, port, max_conns, result)
     for conn in await asyncio.gather(*(pool.connect() for _ in range(min(warm_conns, max_conns)))):
@@ -173,10 +179,7 @@ async def _run(url: str, body: bytes, rate: float, seconds: float, max_conns: in
 
 
 async def _run_closed(url: str, body: bytes, clients: int, seconds: float) -> Result:
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    host, port, request = _request(url, body)
     result = Result()
     pool = _Pool(host, port, clients, result)
     conns = await asyncio.gather(*(pool.connect() for _ in range(clients)))

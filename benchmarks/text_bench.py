@@ -32,7 +32,6 @@ import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT.parent / "shared" / "data" / "zh_reviews_dev.csv"
-STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
 
 
 def parse_value(text: str) -> Any:
@@ -82,7 +81,7 @@ def plain_loop_seconds(work: Path, params: Any, epochs: int) -> float:
 
 def run_once(corpus: pd.DataFrame, n_train: int, seed: int, arch: str, args: argparse.Namespace) -> dict[str, Any]:
     """One pipeline run in a temp folder; returns the accuracies and times from its outputs."""
-    from pipelines import collect, configure, deploy, design, evaluate, split, train
+    from tests.helpers import STEPS, run_steps
     from pipelines.files import read_json
 
     rows = n_train + args.val + args.test
@@ -94,16 +93,8 @@ def run_once(corpus: pd.DataFrame, n_train: int, seed: int, arch: str, args: arg
         csv = work / "reviews.csv"
         corpus.sample(n=rows, random_state=seed).to_csv(csv, index=False)
         params = bench_params(csv, rows, seed, arch, args.val, args.test, args.set)
-        d = {s: work / s for s in STEPS}
         started = time.perf_counter()
-        collect.run(params, d["collect"])
-        split.run(params, d["collect"], d["split"])
-        design.run(params, d["split"], d["design"])
-        configure.run(params, d["split"], d["design"], d["configure"])
-        train.run(params, d["split"], d["design"], d["configure"], d["train"])
-        evaluate.run(params, d["split"], d["train"], d["evaluate"])
-        if not args.no_deploy:
-            deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
+        d = run_steps(params, work, STEPS[:-1] if args.no_deploy else STEPS)["dirs"]
         metrics, info = read_json(d["evaluate"] / "metrics.json"), read_json(d["train"] / "run.json")
         sizes = read_json(d["split"] / "split.json")["sizes"]
         base = metrics["baselines"]["tfidf_logreg"]

@@ -79,23 +79,11 @@ def bench_params(scenario: str, seed: int, epochs: int | None, overrides: list[s
 
 def run_steps(params: Any, work: Path) -> dict[str, Any]:
     """collect -> ... -> evaluate into ``work/<step>``; metrics.json, run.json and seconds per step."""
-    from pipelines import collect, configure, design, evaluate, split, train
     from pipelines.files import read_json
+    from tests.helpers import run_steps as run_pipeline_steps
 
-    d = {s: work / s for s in STEPS}
-    seconds: dict[str, float] = {}
-    calls = {
-        "collect": lambda: collect.run(params, d["collect"]),
-        "split": lambda: split.run(params, d["collect"], d["split"]),
-        "design": lambda: design.run(params, d["split"], d["design"]),
-        "configure": lambda: configure.run(params, d["split"], d["design"], d["configure"]),
-        "train": lambda: train.run(params, d["split"], d["design"], d["configure"], d["train"]),
-        "evaluate": lambda: evaluate.run(params, d["split"], d["train"], d["evaluate"]),
-    }
-    for step in STEPS:
-        started = time.perf_counter()
-        calls[step]()
-        seconds[step] = round(time.perf_counter() - started, 1)
+    done = run_pipeline_steps(params, work, STEPS)
+    d, seconds = done["dirs"], done["seconds"]
     return {"metrics": read_json(d["evaluate"] / "metrics.json"), "run": read_json(d["train"] / "run.json"),
             "seconds": seconds, "dirs": d}
 

@@ -68,21 +68,13 @@ def train_tiny(params: Params, split_dir: Path, workdir: Path) -> dict:
     return summary
 
 
-STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
 
 
 def run_pipeline(params: Params, work: Path) -> dict:
-    """All seven steps' ``run`` functions into ``work/<step>``, as dvc.yaml chains them."""
-    from pipelines import collect, configure, deploy, design, evaluate, split, train
+    """All seven steps' ``run`` functions into ``work/<step>``, as dvc.yaml chains them: step -> its result."""
+    from tests.helpers import run_steps
 
-    d = {s: work / s for s in STEPS}
-    out = {"collect": collect.run(params, d["collect"]), "split": split.run(params, d["collect"], d["split"])}
-    design.run(params, d["split"], d["design"])
-    configure.run(params, d["split"], d["design"], d["configure"])
-    out["train"] = train.run(params, d["split"], d["design"], d["configure"], d["train"])
-    out["evaluate"] = evaluate.run(params, d["split"], d["train"], d["evaluate"])
-    out["deploy"] = deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"])
-    return out
+    return run_steps(params, work)["out"]
 
 
 @pytest.fixture(scope="session")

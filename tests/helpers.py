@@ -240,3 +240,30 @@ def copy_project(dest: Path) -> None:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy(src, dest / name)
+
+
+STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
+
+
+def run_steps(params: Any, work: Path, steps: tuple[str, ...] = STEPS) -> dict[str, Any]:
+    """The steps' ``run`` functions in dvc.yaml's order into ``work/<step>`` (in-process, as the flow
+    does): ``{"dirs": step -> folder, "out": step -> what its run returned, "seconds": step -> wall s}``."""
+    from pipelines import collect, configure, deploy, design, evaluate, split, train
+
+    d = {s: Path(work) / s for s in STEPS}
+    calls = {
+        "collect": lambda: collect.run(params, d["collect"]),
+        "split": lambda: split.run(params, d["collect"], d["split"]),
+        "design": lambda: design.run(params, d["split"], d["design"]),
+        "configure": lambda: configure.run(params, d["split"], d["design"], d["configure"]),
+        "train": lambda: train.run(params, d["split"], d["design"], d["configure"], d["train"]),
+        "evaluate": lambda: evaluate.run(params, d["split"], d["train"], d["evaluate"]),
+        "deploy": lambda: deploy.run(params, d["split"], d["train"], d["evaluate"], d["deploy"]),
+    }
+    out: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for step in steps:
+        started = time.perf_counter()
+        out[step] = calls[step]()
+        seconds[step] = round(time.perf_counter() - started, 1)
+    return {"dirs": d, "out": out, "seconds": seconds}
