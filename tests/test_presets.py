@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, STEPS, VENV_BIN
+from tests.conftest import ROOT, VENV_BIN
+from tests.helpers import STEPS
 from tests.helpers import copy_project
 from tests.test_dvc_pipeline import dvc, sh, stages_run
 

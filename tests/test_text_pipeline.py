@@ -15,7 +15,6 @@ from pipelines.evaluate import load_network
 from serving.runtime import make_session, softmax
 from tests.conftest import make_params, run_pipeline
 
-STEPS = ("collect", "split", "design", "configure", "train", "evaluate", "deploy")
 
 EN_POS = ["great", "wonderful", "loved", "excellent", "fantastic", "enjoyable", "brilliant", "superb"]
 EN_NEG = ["terrible", "awful", "hated", "boring", "dreadful", "horrible", "waste", "disappointing"]
