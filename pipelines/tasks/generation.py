@@ -158,12 +158,16 @@ class Generation(Task):
         proba, self.test_features = self.judge.predict(test)
         self.judge_accuracy = float((proba.argmax(1) == y_test).mean())
         # the same bar applied to the real test images: the ceiling a perfect generator would reach
-        real_ok = proba.max(1) >= self.p.confidence
-        if self.p.conditional:
-            real_ok &= proba.argmax(1) == y_test
-        self.real_confident_share = float(real_ok.mean())
+        self.real_confident_share = float(self._confident(proba, y_test).mean())
         train_features = self.judge.predict(_array(X_train)[:len(test) * 4])[1]
         self.train_test_fd = frechet_distance(train_features, self.test_features)
+
+    def _confident(self, proba: np.ndarray, requested: np.ndarray) -> np.ndarray:
+        """Per image: the judge's top probability reaches the bar (and, when conditional, for the requested class)."""
+        confident = proba.max(1) >= self.p.confidence
+        if self.p.conditional:
+            confident &= proba.argmax(1) == requested
+        return confident
 
     def requested(self) -> np.ndarray:
         k = len(self.classes) if self.p.conditional else 1
@@ -193,10 +197,7 @@ class Generation(Task):
               p: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         images, requested = out["test"]["images"], out["test"]["requested"]
         proba, features = self.judge.predict(images)
-        top, confidence = proba.argmax(1), proba.max(1)
-        confident = confidence >= self.p.confidence
-        if self.p.conditional:
-            confident &= top == requested
+        top, confident = proba.argmax(1), self._confident(proba, requested)
         shares = np.bincount(top, minlength=len(self.classes)) / len(top)
         metrics = {"confident_share": round(float(confident.mean()), 6),
                    "class_coverage": round(float((shares >= COVERAGE_SHARE).mean()), 6),
