@@ -213,16 +213,22 @@ def serving(model_dir: Path, work: Path, timeout: float = 90.0,
     """A ready ``bentoml serve`` of ``model_dir`` on a free 127.0.0.1 port, stopped on exit;
     yields ``{"url", "port", "log", "proc"}`` and prints the server log's tail if it never got ready.
     ``extra_env``: settings for the server (``DLOPS_MAX_INFLIGHT``, ``DLOPS_BODY_TIMEOUT_S``...)."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log = work / "serve.log"
-    proc = start_server(model_dir, port, work / "bentoml_home", log, extra_env)
+    for attempt in range(3):  # free_port() can lose its port to another process before the server binds it
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = start_server(model_dir, port, work / "bentoml_home", log, extra_env)
+        try:
+            wait_ready(proc, url, timeout=timeout)
+            break
+        except Exception:
+            stop_server(proc)
+            if attempt < 2 and "Address already in use" in log.read_text(errors="replace"):
+                continue
+            print(log.read_text()[-5000:])
+            raise
     try:
-        wait_ready(proc, url, timeout=timeout)
         yield {"url": url, "port": port, "log": log, "proc": proc}
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
     finally:
         stop_server(proc)
 
