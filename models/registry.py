@@ -100,3 +100,15 @@ def create_model(name: str, input_shape: Sequence[int], num_outputs: int,
     except (TypeError, ValueError, RuntimeError):
         raise ModelError(f"model.name: {name!r} cannot take this data: {error}") from None
     raise ModelError(f"model.kwargs: {name!r} rejected {kwargs}: {error}") from None
+
+
+def load_network(checkpoint: Any) -> Any:
+    """Rebuild the plain ``nn.Module`` from a training checkpoint that carries arch + kwargs (no pickles:
+    ``torch.load(weights_only=True)``), in eval mode."""
+    import torch
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    net = create_model(ckpt["arch"], ckpt["input_shape"], ckpt["num_outputs"], data_args=ckpt.get("data_args"),
+                       **ckpt["kwargs"])
+    net.load_state_dict(ckpt["state_dict"])
+    return net.eval()

@@ -313,11 +313,15 @@ def recompute_test_outputs(split_dir: Path, train_dir: Path, split: dict[str, An
     tasks whose metrics have row kernels, and a generation task's trains a judge, so it is not run)."""
     from pipelines.data import load_split, preprocess_state
     from pipelines.evaluate import load_network
-    from pipelines.plugins import get_task
+    from pipelines.files import load_arrays
+    from pipelines.plugins import TRAIN_OUTPUTS, get_task
 
     task, state = get_task(split["task"]), preprocess_state(split_dir)
-    net = task.head(load_network(Path(train_dir) / "model.pt"), state["target"])
     y = load_split(split_dir, "test", preprocess=False)[1]
+    if task.outputs_in_train:  # train wrote them (no torch here)
+        raw = load_arrays(Path(train_dir) / TRAIN_OUTPUTS, "test")["test"]
+        return y, task.network_outputs(raw, state["target"])
+    net = task.head(load_network(Path(train_dir) / "model.pt"), state["target"])
     return y, task.outputs(net, lambda name: load_split(split_dir, name)[0], "test", state)
 
 
@@ -740,6 +744,13 @@ def render(f: Facts, license: str = "unknown") -> str:
     if not parsed.data.eval_results:
         raise ValueError("model card: the front matter has no model-index results")
     return str(card)
+
+
+def prepare_card() -> None:
+    """Import what ``render`` needs (~0.3 s), e.g. while deploy waits for the registry."""
+    import importlib
+
+    importlib.import_module("huggingface_hub.repocard")
 
 
 def write_card(split_dir: Path, train_dir: Path, evaluate_dir: Path, deploy_dir: Path, manifest: dict[str, Any],

@@ -1,9 +1,13 @@
-"""Step 7 — deploy: ONNX export + parity gate, MLflow registry (champion/challenger), Bento build.
+"""Step 7 — deploy: ONNX parity gate, MLflow registry (champion/challenger), Bento build.
 
-The modality writes ``model.onnx`` (its preprocessing with the task's export head of the network)
-and the parity cases; the task says how outputs compare. A version becomes ``champion`` only when
-the evaluate gate passed and its primary metric is not worse than the current champion's value of
-the same metric; the alias reason says when the champion was scored on other data.
+Train exported ``model.onnx`` (the modality's preprocessing with the task's export head of the
+network) with the parity cases (graph inputs and PyTorch's outputs on them) and logged it to its
+MLflow run. Deploy runs the graph in ONNX Runtime on every case at each batch size (no torch import
+here; the task says how outputs compare), registers a version of the logged model with this
+deploy's manifest and drift reference beside it, and builds the Bento. A version becomes
+``champion`` only when the evaluate gate passed and its primary metric is not worse than the
+current champion's value of the same metric; the alias reason says when the champion was scored on
+other data.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ from typing import Any
 import numpy as np
 
 from pipelines import tracking
-from pipelines.card import attach_card, write_card
+from pipelines.card import attach_card, prepare_card, write_card
 from pipelines.cli import step_main
 from pipelines.drift import REFERENCE, build_reference
 from pipelines.data import preprocess_state
 from pipelines.files import DataError, failpoint, read_json, sha256_file, staged_outputs, write_json
 from pipelines.params import DeployParams, Params, section_dict
-from pipelines.plugins import Exported, Task, get_modality, get_task
+from pipelines.plugins import EXPORT_DIR, Exported, Task, get_modality, get_task, load_exported
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+ROOT = Path(__file__).resolve().parents[1]  # the project: serving/ and pipelines/ go into the Bento
 
 
 class DeployError(DataError):
@@ -110,45 +115,52 @@ def choose_alias(gate: dict[str, Any], champion: dict[str, Any] | None, data_has
                         f"{champion['value']:.4f}{note}")
 
 
-def register(p: DeployParams, onnx_path: Path, extra_files: list[Path], run_id: str, gate: dict, metrics: dict,
-             data_hash: str, onnx_sha256: str, X_example: Any, output_example: np.ndarray) -> dict[str, Any]:
+def register(model_name: str, logged_model: dict[str, str] | None, files: list[str], run_id: str, gate: dict,
+             metrics: dict, data_hash: str, onnx_sha256: str) -> dict[str, Any]:
     """The registry version of this model, tags and all, and the alias it earns (not set yet: see
-    ``move_alias``). A version with the same training run, ONNX bytes and scores is reused, so going back to
-    earlier params does not register the same model twice. The ONNX model is logged *for* the training
-    run without reopening it (a run reopened and killed would stay RUNNING); the version is created with
-    its tags in one call (a version is never seen without them)."""
-    import mlflow
-    import onnx
-    from mlflow.models import infer_signature
+    ``move_alias``). The version's source is the model train logged to its run (``logged_model``); this
+    version's own ``files`` (manifest, drift reference) go beside it under ``deploy_files_path``. A
+    version with the same training run, ONNX bytes and scores is reused (its files written again: a
+    killed deploy may have missed them), so going back to earlier params does not register the same
+    model twice. The version is created with its tags in one call (a version is never seen without
+    them). JSON in and out: deploy runs it in its warm MLflow worker (``pipelines.worker``)."""
+    import tempfile
 
+    from serving.model import deploy_files_path
+
+    if not logged_model:
+        raise DeployError(f"training run {run_id} logged no model (trained with export off, e.g. a sweep trial): "
+                          "train it again with `dvc repro`")
+    import mlflow
+
+    # the registry resolves a models:/<id> source through MLflow's process-wide tracking URI
     mlflow.set_tracking_uri(tracking.tracking_uri())
     client = tracking.get_client()
-    champion = current_champion(client, p.model_name, gate["metric"])
+    champion = current_champion(client, model_name, gate["metric"])
     alias, reason = choose_alias(gate, champion, data_hash)
     tags = {f"test_{k}": str(v) for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"}
     tags.update(primary_metric=gate["metric"], data_hash=data_hash, gate="pass" if gate["passed"] else "fail",
                 onnx_sha256=onnx_sha256)
-    version = _existing_version(client, p.model_name, run_id, tags)
+    version = _existing_version(client, model_name, run_id, tags)
     if version is not None:
         if champion is not None and champion["version"] == version:
             alias, reason = CHAMPION, f"v{version} (this model) is the champion already"
-        client.set_model_version_tag(p.model_name, version, "alias_reason", reason)
+        client.set_model_version_tag(model_name, version, "alias_reason", reason)
         log.info("%s version %s holds this model already (run %s, same ONNX bytes and scores): not registered again",
-                 p.model_name, version, run_id)
+                 model_name, version, run_id)
     else:
-        info = mlflow.onnx.log_model(
-            onnx.load(str(onnx_path)), name="onnx-model", run_id=run_id,
-            signature=infer_signature(X_example, output_example), pip_requirements=["onnxruntime", "numpy"],
-            save_as_external_data=False, extra_files=[str(f) for f in extra_files],
-            onnx_execution_providers=["CPUExecutionProvider"],
-        )
-        _ensure_registered_model(client, p.model_name)
-        mv = client.create_model_version(p.model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id,
-                                         tags={**tags, "alias_reason": reason}, await_creation_for=60)
+        _ensure_registered_model(client, model_name)
+        mv = client.create_model_version(model_name, source=logged_model["uri"], run_id=run_id,
+                                         model_id=logged_model["model_id"], tags={**tags, "alias_reason": reason},
+                                         await_creation_for=60)
         version = str(mv.version)
+    with tempfile.TemporaryDirectory(prefix="deploy-files-") as tmp:
+        for f in files:
+            shutil.copy(f, tmp)
+        client.log_model_artifacts(logged_model["model_id"], tmp, deploy_files_path(model_name, version))
     return {"version": version, "alias": alias, "alias_reason": reason,
             "previous_champion": champion["version"] if champion else None,
-            "model_uri": f"models:/{p.model_name}/{version}"}
+            "model_uri": f"models:/{model_name}/{version}"}
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
@@ -180,16 +192,22 @@ def _existing_version(client: Any, name: str, run_id: str, tags: dict[str, str])
 JOURNAL = ".deploy-alias-journal.json"
 
 
-def move_alias(client: Any, name: str, alias: str, version: str, journal: Path) -> None:
+def move_alias(name: str, alias: str, version: str, journal: str, pid: int) -> None:
+    """Point ``alias`` at ``version``, journalled for deploy ``pid`` (run in its MLflow worker)."""
     from mlflow.exceptions import MlflowException
 
+    client = tracking.get_client()
     try:
         before: str | None = str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         before = None
-    write_json(journal, {"pid": os.getpid(), "model_name": name, "alias": alias, "version": version,
-                         "previous": before})
+    write_json(journal, {"pid": pid, "model_name": name, "alias": alias, "version": version, "previous": before})
     client.set_registered_model_alias(name, alias, version)
+
+
+def attach(model_name: str, version: str, card: str, run_id: str) -> str:
+    """``attach_card`` in deploy's MLflow worker."""
+    return attach_card(tracking.get_client(), model_name, version, Path(card), run_id)
 
 
 def undo_interrupted(journal: Path) -> None:
@@ -215,70 +233,93 @@ def undo_interrupted(journal: Path) -> None:
 
 
 def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Export, check, register and package the evaluated model."""
-    from pipelines.evaluate import load_network
+    """Check, register and package the evaluated model that train exported.
+
+    MLflow and BentoML are imported by two warm workers (``pipelines.worker``) started first, on the
+    other core while this process checks parity and writes the drift reference; the Bento is built in
+    a clean context (serving/, pipelines/ and this model) whose path the BentoML worker is given."""
+    import tempfile
+
+    from pipelines.worker import Worker
+    from serving.build import build_env
+
+    p = params.deploy
+    journal = Path(out_dir).parent / JOURNAL
+    if p.register:
+        undo_interrupted(journal)
+    with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx, \
+            Worker("pipelines.tracking:get_client", library="mlflow", start=p.register) as mlflow, \
+            Worker("serving.build:warm", env=build_env(Path(ctx)), start=p.build_bento, deferred=True) as bento:
+        try:
+            return _run(params, Path(split_dir), Path(train_dir), Path(evaluate_dir), Path(out_dir), journal,
+                        mlflow, bento, Path(ctx))
+        except BaseException:
+            undo_interrupted(journal)  # an alias this deploy moved goes back
+            raise
+
+
+def _run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path, journal: Path,
+         mlflow: Any, bento: Any, ctx: Path) -> dict[str, Any]:
+    from serving.build import copy_sources
     from serving.runtime import make_session
 
     p = params.deploy
-    split_dir, train_dir, evaluate_dir = Path(split_dir), Path(train_dir), Path(evaluate_dir)
     split = read_json(split_dir / "split.json")
     run_info = read_json(train_dir / "run.json")
     gate = read_json(evaluate_dir / "gate.json")
     metrics = read_json(evaluate_dir / "metrics.json")
     state = preprocess_state(split_dir)
     modality, task = get_modality(split["kind"]), get_task(split["task"], params)
-    head = task.export_head(load_network(train_dir / "model.pt"), state["target"])
+    exported = load_exported(train_dir / EXPORT_DIR)
     rule = gate.get("rule") or {}
-
-    journal = Path(out_dir).parent / JOURNAL
-    if p.register:
-        undo_interrupted(journal)
-    try:
-        with staged_outputs(out_dir, replace=True) as tmp:
-            started = time.perf_counter()
-            exported = task.export(modality, head, split_dir, state, split, tmp)
-            session = make_session(tmp / "model.onnx")
-            report = _checked(parity(session, exported, task, state["target"], p), p)
-            report["export"]["seconds"] = round(time.perf_counter() - started, 2)
-            write_json(tmp / "parity.json", report)
-            example = {k: v[:2] for k, v in exported.cases[0].feeds.items()}
-            signature = (exported.example, session.run([task.output_name], example)[0])
-            onnx_sha256 = sha256_file(tmp / "model.onnx")
-            manifest = {
-                "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
-                "onnx_file": "model.onnx", "onnx_sha256": onnx_sha256,
-                "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
-                "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
-                "primary_metric": gate["metric"], "gate": gate["passed"],
-                "decision_threshold": gate.get("decision_threshold"), "rule": rule,
-                "task": task.name, "route": task.route, "kind": modality.name, "target": split.get("target"),
-                "input": exported.input_schema, "output": task.output_spec(split, rule),
-                "classes": split.get("classes"), "bento_tag": None,
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "params": section_dict(p),
-            }
-            write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
-            # the drift reference (pipelines/drift.py): inputs of the val split, predictions on test
-            reference = build_reference(split_dir, tmp)
-            if p.register:
-                extra = [tmp / "manifest.json", *(tmp / f for f in exported.files),
-                         *([tmp / REFERENCE] if reference is not None else [])]
-                manifest.update(register(p, tmp / "model.onnx", extra, run_info["run_id"], gate, metrics,
-                                         split["data_hash"], onnx_sha256, *signature))
-                failpoint("deploy.registered")
-            card = write_card(split_dir, train_dir, evaluate_dir, tmp, manifest)  # names the version: after register
-            if p.register:
-                attach_card(tracking.get_client(), p.model_name, manifest["version"], card, run_info["run_id"])
-            write_json(tmp / "manifest.json", manifest)  # the Bento's copy: everything but its own tag
-            if p.build_bento:
-                manifest["bento_tag"] = build_bento(tmp)
-                write_json(tmp / "manifest.json", manifest)
-            if p.register:  # last: the alias moves to a version whose deploy is complete
-                move_alias(tracking.get_client(), p.model_name, manifest["alias"], manifest["version"], journal)
-                failpoint("deploy.alias_moved")
-    except BaseException:
-        undo_interrupted(journal)  # an alias this deploy moved goes back
-        raise
+    with staged_outputs(out_dir, replace=True) as tmp:
+        for name in ("model.onnx", *exported.files):  # tokenizer.json for text
+            shutil.copy(train_dir / EXPORT_DIR / name, tmp / name)
+        started = time.perf_counter()
+        session = make_session(tmp / "model.onnx")
+        report = _checked(parity(session, exported, task, state["target"], p), p)
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(tmp / "parity.json", report)
+        onnx_sha256 = sha256_file(tmp / "model.onnx")
+        manifest = {
+            "model_name": p.model_name, "version": None, "alias": None, "alias_reason": None,
+            "onnx_file": "model.onnx", "onnx_sha256": onnx_sha256,
+            "run_id": run_info["run_id"], "data_hash": split["data_hash"], "git_sha": tracking.git_sha(),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"},
+            "primary_metric": gate["metric"], "gate": gate["passed"],
+            "decision_threshold": gate.get("decision_threshold"), "rule": rule,
+            "task": task.name, "route": task.route, "kind": modality.name, "target": split.get("target"),
+            "input": exported.input_schema, "output": task.output_spec(split, rule),
+            "classes": split.get("classes"), "bento_tag": None,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "params": section_dict(p),
+        }
+        write_json(tmp / "manifest.json", manifest)  # the copy stored with the registered model
+        # the drift reference (pipelines/drift.py): inputs of the val split, predictions on test
+        reference = build_reference(split_dir, tmp)
+        if p.register:
+            files = [tmp / "manifest.json", *([tmp / REFERENCE] if reference is not None else [])]
+            registered = mlflow.submit("pipelines.deploy:register", p.model_name, run_info.get("logged_model"),
+                                       [str(f) for f in files], run_info["run_id"], gate, metrics,
+                                       split["data_hash"], onnx_sha256)
+            if p.build_bento:  # meanwhile (the MLflow worker may still be importing it)
+                bento.start()
+                copy_sources(ROOT, ctx)
+            prepare_card()
+            manifest.update(registered())
+            failpoint("deploy.registered")
+        card = write_card(split_dir, train_dir, evaluate_dir, tmp, manifest)  # names the version: after register
+        attached = (mlflow.submit("pipelines.deploy:attach", p.model_name, manifest["version"], str(card),
+                                  run_info["run_id"]) if p.register else lambda: None)
+        write_json(tmp / "manifest.json", manifest)  # the Bento's copy: everything but its own tag
+        if p.build_bento:
+            manifest["bento_tag"] = build_bento(tmp, ctx, bento)
+            write_json(tmp / "manifest.json", manifest)
+        attached()
+        if p.register:  # last: the alias moves to a version whose deploy is complete
+            mlflow.call("pipelines.deploy:move_alias", p.model_name, manifest["alias"], manifest["version"],
+                        str(journal), os.getpid())
+            failpoint("deploy.alias_moved")
     journal.unlink(missing_ok=True)
     log.info("deployed %s v%s as %s; parity max |diff| %.2e; bento %s", p.model_name, manifest.get("version"),
              manifest.get("alias"), report["max_abs_diff"], manifest["bento_tag"])
@@ -296,25 +337,21 @@ def _checked(parity: dict, p: DeployParams) -> dict:
     return parity
 
 
-def build_bento(model_dir: Path) -> str:
-    """``bentoml build`` over a clean context: serving/ + this model's files as artifacts/deploy/.
+def build_bento(model_dir: Path, ctx: Path, worker: Any) -> str:
+    """Build the Bento from the clean context ``ctx``: serving/ + pipelines/ + this model's files as
+    artifacts/deploy/, in the warm BentoML ``worker`` whose environment names that model dir.
 
     The Bento's copy of manifest.json cannot hold its own tag; the deploy output's copy does.
     """
-    import tempfile
-
-    from serving.build import build_bento as bentoml_build
     from serving.build import copy_sources
 
-    root = Path(__file__).resolve().parents[1]
-    with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx:
-        ctx_path = Path(ctx)
-        copy_sources(root, ctx_path)
-        (ctx_path / "artifacts" / "deploy").mkdir(parents=True)
-        for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
-            if path.name != "parity.json":
-                shutil.copy(path, ctx_path / "artifacts" / "deploy" / path.name)
-        return bentoml_build(ctx_path, None)
+    if not (ctx / "serving").exists():  # copied already while the registry worked
+        copy_sources(ROOT, ctx)
+    (ctx / "artifacts" / "deploy").mkdir(parents=True)
+    for path in model_dir.iterdir():  # model.onnx, manifest.json (+ tokenizer.json for text)
+        if path.name != "parity.json":
+            shutil.copy(path, ctx / "artifacts" / "deploy" / path.name)
+    return worker.call("serving.build:build_here", str(ctx))
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import numpy as np
 from pipelines import tracking
 from pipelines.cli import step_main
 from pipelines.data import load_split, preprocess_state
-from pipelines.files import failpoint, read_json, staged_outputs, write_json
+from pipelines.files import failpoint, load_arrays, read_json, staged_outputs, write_json
 from pipelines.params import EvaluateParams, Params, ParamsError, section_dict
-from pipelines.plugins import SPLITS, Modality, Task, get_modality, get_task
+from pipelines.plugins import SPLITS, TRAIN_OUTPUTS, Modality, Task, get_modality, get_task
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +39,31 @@ PLOT_HEADERS = {"confusion.csv": ("actual", "predicted"), "roc.csv": ("fpr", "tp
 
 
 def load_network(checkpoint: Path) -> Any:
-    """Rebuild the plain ``nn.Module`` from a checkpoint that carries arch + kwargs (no pickles)."""
-    import torch
+    """Rebuild the plain ``nn.Module`` from a checkpoint (``models.registry.load_network``: torch on call)."""
+    from models.registry import load_network as load
 
-    from models.registry import create_model
+    return load(checkpoint)
 
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    net = create_model(ckpt["arch"], ckpt["input_shape"], ckpt["num_outputs"], data_args=ckpt.get("data_args"),
-                       **ckpt["kwargs"])
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval()
+
+def _create_model(*args: Any, **kwargs: Any) -> Any:
+    from models.registry import create_model  # torch: only a task that builds a model (a judge) pays for it
+
+    return create_model(*args, **kwargs)
+
+
+def scored_outputs(task: Task, split_dir: Path, train_dir: Path, state: dict[str, Any], split: dict[str, Any],
+                   splits: tuple[str, ...] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The network's outputs on ``splits`` (default: the task's scored splits), after ``task.prepare``:
+    read from train's outputs.npz when the task lets train compute them (no torch import here: ~2 s),
+    else by running the network from its checkpoint."""
+    splits = splits or task.scored_splits
+    if task.outputs_in_train:
+        raw = load_arrays(train_dir / TRAIN_OUTPUTS, *splits)
+        task.prepare(None, split_dir, state, split, _create_model)
+        return {s: task.network_outputs(raw[s], state["target"]) for s in splits}
+    net = task.head(load_network(train_dir / "model.pt"), state["target"])
+    task.prepare(net, split_dir, state, split, _create_model)
+    return {s: task.outputs(net, lambda name: load_split(split_dir, name)[0], s, state) for s in splits}
 
 
 def check_params(p: EvaluateParams, modality: Modality, task: Task, factories: dict[str, Any],
@@ -126,20 +141,22 @@ def gate(p: EvaluateParams, metric: str, metrics: dict[str, Any]) -> dict[str, A
 
 def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Score the trained model and the baselines on the test split; write metrics, plots, gate."""
+    from pipelines.worker import Worker
+
+    with Worker("pipelines.tracking:get_client", library="mlflow") as mlflow:  # imports on the other core
+        return _run(params, Path(split_dir), Path(train_dir), Path(out_dir), mlflow)
+
+
+def _run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path, mlflow: Any) -> dict[str, Any]:
     p = params.evaluate
-    split_dir, train_dir = Path(split_dir), Path(train_dir)
     split = read_json(split_dir / "split.json")
     state = preprocess_state(split_dir)
     modality, task = get_modality(split["kind"]), get_task(split["task"], params)
     factories = modality.baselines(task, split_dir, state)
     metric, why = check_params(p, modality, task, factories, split)
     run_info = read_json(train_dir / "run.json")
-    net = task.head(load_network(train_dir / "model.pt"), state["target"])
     y = {s: load_split(split_dir, s, preprocess=False)[1] for s in SPLITS}
-    from models.registry import create_model
-
-    task.prepare(net, split_dir, state, split, create_model)
-    out = {s: task.outputs(net, lambda name: load_split(split_dir, name)[0], s, state) for s in task.scored_splits}
+    out = scored_outputs(task, split_dir, train_dir, state, split)
     scored, rule = task.score(y, out, p)
     if metric not in scored:
         raise ParamsError(f"evaluate.metric: {metric!r} is not defined for this data "
@@ -174,17 +191,18 @@ def run(params: Params, split_dir: Path, train_dir: Path, out_dir: Path) -> dict
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "gate.json", result)
         write_json(tmp / "report.json", report)
-        _log_to_mlflow(run_info["run_id"], metrics, result, tmp)
+        mlflow.call("pipelines.evaluate:log_to_mlflow", run_info["run_id"], metrics, result, str(tmp))
         failpoint("evaluate.logged")
     log.info("test %s %.4f (primary: %s); %s; gate %s", metric, metrics[metric], why, metrics["verdict"],
              "PASS" if result["passed"] else "FAIL")
     return {metric: metrics[metric], "gate": result["passed"]}
 
 
-def _log_to_mlflow(run_id: str, metrics: dict[str, Any], gate: dict[str, Any], files: Path) -> None:
-    """Add test metrics, baselines, plots and the gate to the training run."""
+def log_to_mlflow(run_id: str, metrics: dict[str, Any], gate: dict[str, Any], files: str) -> None:
+    """Add test metrics, baselines, plots and the gate (written into ``files``) to the training run."""
     from mlflow.entities import Metric, RunTag
 
+    folder = Path(files)
     client = tracking.get_client()
     now = int(time.time() * 1000)
     flat = {f"test_{k}": v for k, v in metrics.items() if isinstance(v, float) and k != "fit_seconds"}
@@ -199,8 +217,8 @@ def _log_to_mlflow(run_id: str, metrics: dict[str, Any], gate: dict[str, Any], f
                            *(RunTag(f"evaluate.{k}", str(v)) for k, v in gate["params"].items())],
                      synchronous=True)
     for name in ("metrics.json", "report.json", "gate.json"):
-        client.log_artifact(run_id, str(files / name), artifact_path="evaluate")
-    client.log_artifacts(run_id, str(files / "plots"), artifact_path="evaluate/plots")
+        client.log_artifact(run_id, str(folder / name), artifact_path="evaluate")
+    client.log_artifacts(run_id, str(folder / "plots"), artifact_path="evaluate/plots")
 
 
 def main() -> None:

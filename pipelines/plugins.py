@@ -111,6 +111,71 @@ class Exported:
     files: list[str] = field(default_factory=list)
 
 
+# Train exports the graph (torch and the trained network are loaded there) into this folder of its
+# outputs; deploy checks and ships it with ONNX Runtime + numpy only (no torch import: ~2 s, and the
+# dynamo exporter's first call in a process: ~3 s).
+EXPORT_DIR = "export"
+TRAIN_OUTPUTS = "outputs.npz"  # the head's raw outputs per scored split (Task.outputs_in_train), for evaluate
+EXPORT_FACTS = "export.json"
+PARITY_CASES = "parity_cases.npz"  # each case's graph inputs and PyTorch's outputs on them
+SIGNATURE_TABLE = "signature_example.parquet"  # a table's 2-row signature example (keeps its dtypes)
+
+
+def save_exported(exported: Exported, out: Path) -> None:
+    """Write what deploy needs of ``exported`` beside ``out/model.onnx``: the parity cases (string
+    inputs as fixed-width unicode: no pickled objects), the signature example and the facts."""
+    import pandas as pd
+
+    from pipelines.files import save_arrays, write_json
+
+    arrays: dict[str, np.ndarray] = {}
+    cases = []
+    for i, case in enumerate(exported.cases):
+        names = list(case.feeds)
+        for j, name in enumerate(names):
+            v = case.feeds[name]
+            arrays[f"c{i}_f{j}"] = v.astype(str) if v.dtype == object else v
+        arrays[f"c{i}_ref"] = case.reference
+        cases.append({"feeds": names, "tag": case.tag})
+    example = exported.example
+    if isinstance(example, pd.DataFrame):
+        example.to_parquet(out / SIGNATURE_TABLE, index=False)
+        kind, names = "table", None
+    elif isinstance(example, dict):
+        names = list(example)
+        arrays.update({f"ex_{j}": np.asarray(example[n]) for j, n in enumerate(names)})
+        kind = "feeds"
+    else:
+        arrays["ex"], kind, names = np.asarray(example), "array", None
+    save_arrays(out / PARITY_CASES, **arrays)
+    write_json(out / EXPORT_FACTS, {"input_schema": exported.input_schema, "info": exported.info,
+                                    "files": exported.files, "cases": cases,
+                                    "example": {"kind": kind, "names": names}})
+
+
+def load_exported(folder: Path) -> Exported:
+    """The ``Exported`` that ``save_exported`` wrote into ``folder`` (numpy + pandas, no torch)."""
+    import pandas as pd
+
+    from pipelines.files import load_arrays, read_json
+
+    facts = read_json(folder / EXPORT_FACTS)
+    arrays = load_arrays(folder / PARITY_CASES)
+
+    def feed(key: str) -> np.ndarray:
+        v = arrays[key]
+        return v.astype(object) if v.dtype.kind == "U" else v  # ONNX string inputs, as the service feeds them
+
+    cases = [ParityCase({n: feed(f"c{i}_f{j}") for j, n in enumerate(c["feeds"])}, arrays[f"c{i}_ref"], c["tag"])
+             for i, c in enumerate(facts["cases"])]
+    ex = facts["example"]
+    example = (pd.read_parquet(folder / SIGNATURE_TABLE) if ex["kind"] == "table"
+               else {n: arrays[f"ex_{j}"] for j, n in enumerate(ex["names"])} if ex["kind"] == "feeds"
+               else arrays["ex"])
+    return Exported(input_schema=facts["input_schema"], cases=cases, info=facts["info"], example=example,
+                    files=list(facts["files"]))
+
+
 # ---------------------------------------------------------------- the protocols
 
 
@@ -242,6 +307,10 @@ class Task:
     request_side: ClassVar[str | None] = None  # ``module:Class``: requests are not the modality's data
     monitor: ClassVar[str | None] = "val_loss"  # early stopping + best checkpoint; None: keep the last epoch
     scored_splits: ClassVar[tuple[str, ...]] = ("val", "test")  # splits evaluate computes outputs of
+    # the head's outputs on ``scored_splits`` depend on the trained weights alone: train writes them
+    # (outputs.npz) and evaluate scores them without loading torch. False: evaluate runs the network
+    # itself (``prepare`` needs the head, or ``outputs`` is not the head's answer, e.g. drawn samples)
+    outputs_in_train: ClassVar[bool] = True
 
     def __init__(self, params: Params | None = None) -> None:
         self.params = params  # None: built for its facts or to answer requests (the service)
@@ -324,7 +393,8 @@ class Task:
     def prepare(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any],
                 create_model: Callable[..., Any]) -> None:
         """Called once by evaluate before any scoring, with the network's ``head`` (e.g. to read the latent
-        size the baselines match) and the model registry's ``create_model`` (e.g. to train a judge)."""
+        size the baselines match; None when ``outputs_in_train``: train scored it) and the model
+        registry's ``create_model`` (e.g. to train a judge)."""
 
     def outputs(self, head: Any, inputs: Callable[[str], np.ndarray], name: str,
                 state: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -386,7 +386,8 @@ def run_trial(cfg: dict[str, Any], trial: Any, overrides: dict[str, Any], client
     configure.run(params, split_dir, d / "design", d / "configure")
     monitor = get_task(cfg["task"], params).monitor
     callbacks = (pruning_callback(trial, monitor),) if monitor else ()
-    summary = train.run(params, split_dir, d / "design", d / "configure", d / "train", callbacks=callbacks, tags=tags)
+    summary = train.run(params, split_dir, d / "design", d / "configure", d / "train", callbacks=callbacks, tags=tags,
+                        export=False)  # a trial does not deploy
     # the baselines do not depend on a trial's params: fitting them again in every trial would only cost time
     scoring = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, baselines=()))
     evaluate.run(scoring, split_dir, d / "train", d / "evaluate")

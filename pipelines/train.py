@@ -22,9 +22,9 @@ from models.registry import create_model
 from pipelines import tracking
 from pipelines.cli import step_main
 from pipelines.data import preprocess_state
-from pipelines.files import failpoint, load_arrays, read_json, staged_outputs, write_json
+from pipelines.files import failpoint, load_arrays, read_json, save_arrays, staged_outputs, write_json
 from pipelines.params import Params, ParamsError, section_dict
-from pipelines.plugins import get_modality, get_task
+from pipelines.plugins import EXPORT_DIR, TRAIN_OUTPUTS, Exported, Task, get_modality, get_task, save_exported
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +174,64 @@ def _trainer(p: Any, monitor: str | None, ckpt_dir: str, extra: list[Callback]) 
     return trainer, checkpoint
 
 
+def network_outputs(task: Task, split: dict[str, Any], split_dir: Path, checkpoint: Path, out: Path,
+                    export: bool) -> Exported | None:
+    """What the later steps read instead of loading torch, computed from the saved checkpoint along
+    evaluate's own path: ``outputs.npz``, the head's raw outputs on each scored split (no arrays for
+    a task that evaluates otherwise), and ``export/``: the served graph (the modality's preprocessing
+    with the task's export head), its parity cases (graph inputs + PyTorch's outputs) and facts."""
+    from models.registry import load_network
+    from pipelines.data import load_split
+    from pipelines.plugins import predict_outputs
+
+    state = preprocess_state(split_dir)
+    arrays = {}
+    if task.outputs_in_train:
+        head = task.head(load_network(checkpoint), state["target"])
+        arrays = {s: predict_outputs(head, load_split(split_dir, s)[0]) for s in task.scored_splits}
+    save_arrays(out / TRAIN_OUTPUTS, **arrays)
+    if not export:
+        return None
+    folder = out / EXPORT_DIR
+    folder.mkdir()
+    started = time.perf_counter()
+    head = task.export_head(load_network(checkpoint), state["target"])
+    exported = task.export(get_modality(split["kind"]), head, split_dir, state, split, folder)
+    exported.info["seconds"] = round(time.perf_counter() - started, 2)
+    save_exported(exported, folder)
+    log.info("exported %s/model.onnx in %.1fs (%d parity case(s))", folder.name, exported.info["seconds"],
+             len(exported.cases))
+    return exported
+
+
+def log_onnx_model(run_id: str, folder: Path, exported: Exported, output_name: str) -> dict[str, str]:
+    """Log the exported graph to the training run as an MLflow model (``onnx-model``: signature, pip
+    requirements, the files it ships with, e.g. a tokenizer). Deploy registers versions of it and adds
+    each version's own files (manifest, drift reference) under ``deploy/<name>/v<N>/`` of this model.
+    Here because ``log_model`` maps every installed distribution to its modules to check the
+    requirements (~1.4 s per process), which the training stage pays beside its fit, not deploy."""
+    import mlflow
+    import onnx
+    from mlflow.models import infer_signature
+
+    from serving.runtime import make_session
+
+    feeds = {k: v[:2] for k, v in exported.cases[0].feeds.items()}
+    output = make_session(folder / "model.onnx").run([output_name], feeds)[0]
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    info = mlflow.onnx.log_model(
+        onnx.load(str(folder / "model.onnx")), name="onnx-model", run_id=run_id,
+        signature=infer_signature(exported.example, output), pip_requirements=["onnxruntime", "numpy"],
+        save_as_external_data=False, extra_files=[str(folder / f) for f in exported.files],
+        onnx_execution_providers=["CPUExecutionProvider"],
+    )
+    return {"model_id": info.model_id, "uri": info.model_uri}
+
+
 def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, out_dir: Path,
-        callbacks: tuple[Callback, ...] = (), tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train the designed network with the configured recipe; write checkpoint, curves, run id.
+        callbacks: tuple[Callback, ...] = (), tags: dict[str, str] | None = None, export: bool = True) -> dict[str, Any]:
+    """Train the designed network with the configured recipe; write checkpoint, curves, run id, the
+    network's outputs and (``export``; a sweep's trials skip it) the ONNX graph deploy ships.
     ``callbacks`` join the Trainer's (e.g. a sweep's pruning), ``tags`` the MLflow run's (e.g.
     ``mlflow.parentRunId``)."""
     p = params.train
@@ -207,7 +262,8 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
     mlrun = client.create_run(exp_id, run_name=tracking.run_name(split["task"], spec["arch"], what), tags=tags)
     run_id = mlrun.info.run_id
     try:
-        summary = _fit(params, lit, spec, recipe, split, train_dl, val_dl, client, run_id, out_dir, list(callbacks))
+        summary = _fit(params, lit, spec, recipe, split, train_dl, val_dl, client, run_id, out_dir, list(callbacks),
+                       split_dir, export)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM (see pipelines.cli)
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -220,7 +276,7 @@ def run(params: Params, split_dir: Path, design_dir: Path, configure_dir: Path, 
 
 def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: dict[str, Any], split: dict[str, Any],
          train_dl: DataLoader, val_dl: DataLoader, client: Any, run_id: str, out_dir: Path,
-         extra: list[Callback]) -> dict[str, Any]:
+         extra: list[Callback], split_dir: Path, export: bool) -> dict[str, Any]:
     from mlflow.entities import Param
 
     p = params.train
@@ -239,7 +295,8 @@ def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: d
     client.log_batch(run_id, params=[Param(k, v) for k, v in logged.items()], synchronous=True)
 
     epoch_logger = EpochLogger(client, run_id)
-    monitor = get_task(split["task"], params).monitor  # None (e.g. a GAN): no early stopping, the last epoch
+    task = get_task(split["task"], params)
+    monitor = task.monitor  # None (e.g. a GAN): no early stopping, the last epoch
     with tempfile.TemporaryDirectory(prefix="ckpt-") as ckpt_dir, staged_outputs(out_dir) as tmp:
         trainer, checkpoint = _trainer(p, monitor, ckpt_dir, [epoch_logger, *extra])
         started = time.perf_counter()
@@ -247,6 +304,9 @@ def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: d
         fit_seconds = time.perf_counter() - started
         _save_best(lit, checkpoint.best_model_path if checkpoint else "", spec, tmp / CHECKPOINT)
         _write_curves(epoch_logger.history, tmp / "curves.csv")
+        exported = network_outputs(task, split, split_dir, tmp / CHECKPOINT, tmp, export)
+        logged = (log_onnx_model(run_id, tmp / EXPORT_DIR, exported, task.output_name)
+                  if exported is not None else None)
         best = (min(epoch_logger.history, key=lambda r: r[monitor]) if monitor is not None
                 else epoch_logger.history[-1])
         info = {"run_id": run_id, "experiment": p.experiment, "tracking_uri": tracking.tracking_uri(),
@@ -257,7 +317,7 @@ def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: d
                 "best_by": monitor or "last epoch", "strategy": p.strategy, "processes": p.devices,
                 "stopped_early": trainer.early_stopping_callback is not None
                 and trainer.early_stopping_callback.stopped_epoch > 0,
-                "fit_seconds": round(fit_seconds, 3)}
+                "fit_seconds": round(fit_seconds, 3), "logged_model": logged}
         write_json(tmp / "run.json", info)
         for name in (CHECKPOINT, "curves.csv", METRIC_CURVES):
             client.log_artifact(run_id, str(tmp / name))

@@ -44,19 +44,9 @@ def build_bento(project_root: Path, bentoml_home: Path | None = None, timeout: f
         project_root: the build context: holds serving/, pipelines/ and artifacts/deploy/.
         bentoml_home: the Bento store; ``BENTOML_HOME`` / ``~/bentoml`` when None.
     """
-    from serving.model import load_model_from
-
     project_root = Path(project_root).resolve()
-    missing = [str(project_root / f) for f in (BENTOFILE, *MODEL_FILES) if not (project_root / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"cannot build the bento, missing: {', '.join(missing)}")
-    manifest = load_model_from(project_root / MODEL_DIR, str(MODEL_DIR)).manifest  # refuse a model it cannot serve
-    _check_named_files(project_root, manifest)
-    # `bentoml build` imports the service, which loads the packaged model
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DLOPS_MODEL_DIR": str(project_root / MODEL_DIR)}
-    env.pop("DLOPS_MODEL_URI", None)
-    if bentoml_home is not None:
-        env["BENTOML_HOME"] = str(bentoml_home)
+    manifest = _checked_context(project_root)
+    env = build_env(project_root, bentoml_home)  # `bentoml build` imports the service, which loads the packaged model
     with tempfile.TemporaryDirectory(prefix="dlops-bentofile-") as tmp:
         bentofile = _bentofile_for(project_root / BENTOFILE, manifest, Path(tmp))
         proc = _run_build(bentofile, project_root, env, timeout)
@@ -68,6 +58,60 @@ def build_bento(project_root: Path, bentoml_home: Path | None = None, timeout: f
         raise RuntimeError(f"bentoml build printed no tag: {proc.stdout.strip()[-2000:]}")
     logger.info("built bento %s", tags[-1])
     return tags[-1]
+
+
+# What a build imports before it knows the model: BentoML's build and service SDK, what the service's
+# ASGI set-up imports, and the service's own modules short of serving.service (importing that one
+# loads the model DLOPS_MODEL_DIR names).
+WARM_MODULES = ("bentoml.bentos", "_bentoml_sdk", "_bentoml_impl.server.app", "fastapi", "onnxruntime",
+                "serving.batching", "serving.common", "serving.limits", "serving.model", "serving.record",
+                "pipelines.modalities.schema")
+
+
+def warm() -> None:
+    """Import ``WARM_MODULES`` (deploy's BentoML worker runs it first, beside the registry's work)."""
+    import importlib
+
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+
+
+def build_here(project_root: str) -> str:
+    """``build_bento``'s build in this process, for a warm child of deploy (``pipelines.worker``): its
+    environment names the model dir (``DLOPS_MODEL_DIR``, set when it was started, as the CLI's is)
+    and the service is imported from it. Never call it in a process that serves or tests a model."""
+    import bentoml
+
+    root = Path(project_root).resolve()
+    if Path(os.environ.get("DLOPS_MODEL_DIR", "")).resolve() != root / MODEL_DIR:
+        raise RuntimeError(f"build_here: DLOPS_MODEL_DIR must be {root / MODEL_DIR} in this process")
+    manifest = _checked_context(root)
+    with tempfile.TemporaryDirectory(prefix="dlops-bentofile-") as tmp:
+        bentofile = _bentofile_for(root / BENTOFILE, manifest, Path(tmp))
+        bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(root))
+    logger.info("built bento %s", bento.tag)
+    return str(bento.tag)
+
+
+def build_env(project_root: Path, bentoml_home: Path | None = None) -> dict[str, str]:
+    """The environment of a build: the packaged model is the one the service loads while it is checked."""
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "DLOPS_MODEL_DIR": str(Path(project_root).resolve() / MODEL_DIR)}
+    env.pop("DLOPS_MODEL_URI", None)
+    if bentoml_home is not None:
+        env["BENTOML_HOME"] = str(bentoml_home)
+    return env
+
+
+def _checked_context(project_root: Path) -> dict[str, Any]:
+    """The manifest of the model in the build context, refused if it cannot be served or files are missing."""
+    from serving.model import load_model_from
+
+    missing = [str(project_root / f) for f in (BENTOFILE, *MODEL_FILES) if not (project_root / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"cannot build the bento, missing: {', '.join(missing)}")
+    manifest = load_model_from(project_root / MODEL_DIR, str(MODEL_DIR)).manifest  # refuse a model it cannot serve
+    _check_named_files(project_root, manifest)
+    return manifest
 
 
 def _check_named_files(project_root: Path, manifest: dict[str, Any]) -> None:

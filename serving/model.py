@@ -85,11 +85,20 @@ def resolve_model_dir(env: dict[str, str] | None = None) -> tuple[Path, str]:
     return model_dir, str(model_dir)
 
 
+def deploy_files_path(model_name: str, version: str) -> str:
+    """Where deploy puts a registered version's own files (``manifest.json``, the drift reference) in
+    the artifacts of the model that train logged (one logged model can back versions of several names)."""
+    import re
+
+    return f"deploy/{re.sub(r'[^A-Za-z0-9._-]+', '-', model_name)}/v{version}"
+
+
 def _download_from_registry(uri: str) -> Path:
-    """Download a registered model version; deploy logged it with mlflow.onnx (``model.onnx`` at
-    the root) and ``manifest.json`` (text models: also ``tokenizer.json``) as extra files, which land
-    in a subfolder. Returns a dir holding them all, with the manifest's ``version``/``alias`` filled
-    from the registry (unknown when it was logged)."""
+    """Download a registered model version: train logged the graph with mlflow.onnx (``model.onnx`` at
+    the root; text models: ``tokenizer.json`` as an extra file, in a subfolder) and deploy added the
+    version's own ``manifest.json`` and drift reference under ``deploy_files_path``. Returns a dir
+    holding the version's files, with the manifest's ``version``/``alias`` filled from the registry
+    (unknown when it was logged)."""
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         # MLflow's fallback would create ./mlflow.db and answer "no such model"
         raise ModelLoadError(f"{uri}: set MLFLOW_TRACKING_URI to the registry's tracking server or database")
@@ -106,22 +115,38 @@ def _download_from_registry(uri: str) -> Path:
     logger.info("downloading %s into %s", uri, target)
     try:
         tracking = os.environ["MLFLOW_TRACKING_URI"]  # explicit: a process-wide mlflow.set_tracking_uri must not win
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target), tracking_uri=tracking))
-        identity = _registry_identity(uri, tracking)
+        # a registered version: resolved first, so an alias that moves meanwhile changes nothing
+        name, identity = _registry_identity(uri, tracking) if uri.startswith("models:/") else (None, {})
+        pinned = f"models:/{name}/{identity['version']}" if name else uri  # else e.g. runs:/<id>/<folder>
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(target),
+                                                        tracking_uri=tracking))
     except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: one line, not a traceback
         shutil.rmtree(target, ignore_errors=True)
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"{uri}: cannot load from the MLflow registry at "
                              f"{os.environ['MLFLOW_TRACKING_URI']}: {first}") from None
-    manifests = sorted(root.rglob(MANIFEST), key=lambda p: len(p.parts)) if root.is_dir() else []
-    if not manifests:
-        raise ModelLoadError(f"{uri}: no {MANIFEST} in the downloaded artifacts ({root})")
-    manifest = json.loads(manifests[0].read_text())
-    onnx_files = sorted(root.rglob(manifest.get("onnx_file", "model.onnx")), key=lambda p: len(p.parts))
+    if name:
+        own = root / deploy_files_path(name, identity["version"])
+        if not (own / MANIFEST).is_file():
+            raise ModelLoadError(f"{uri}: version {identity['version']} has no {deploy_files_path(name, identity['version'])}"
+                                 f"/{MANIFEST} (its deploy did not finish: run the deploy stage again)")
+    else:  # a folder holding a manifest (the shallowest one)
+        manifests = sorted(root.rglob(MANIFEST), key=lambda p: len(p.parts)) if root.is_dir() else []
+        if not manifests:
+            raise ModelLoadError(f"{uri}: no {MANIFEST} in the downloaded artifacts ({root})")
+        own = manifests[0].parent
+    manifest = json.loads((own / MANIFEST).read_text())
+    onnx_files = sorted((p for p in root.rglob(manifest.get("onnx_file", "model.onnx"))
+                         if not (name and p.relative_to(root).parts[0] == "deploy")), key=lambda p: len(p.parts))
     if not onnx_files:
         raise ModelLoadError(f"{uri}: no {manifest.get('onnx_file')} in the downloaded artifacts ({root})")
     model_dir = onnx_files[0].parent
     _gather_named_files(uri, root, model_dir, manifest)
+    if name:
+        for path in own.iterdir():  # the version's drift reference beside the graph, where drift looks first
+            if path.name != MANIFEST:
+                shutil.copyfile(path, model_dir / path.name)
+        shutil.rmtree(root / "deploy", ignore_errors=True)  # other versions' files must not be found below it
     manifest.update(identity)
     _fetch_card(manifest, model_dir, tracking)
     (model_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -158,20 +183,18 @@ def _gather_named_files(uri: str, root: Path, model_dir: Path, manifest: dict[st
         shutil.copyfile(found[0], model_dir / name)
 
 
-def _registry_identity(uri: str, tracking_uri: str) -> dict[str, Any]:
-    """``version``/``alias`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
-    if not uri.startswith("models:/"):
-        return {}
+def _registry_identity(uri: str, tracking_uri: str) -> tuple[str, dict[str, Any]]:
+    """The registered name and ``version``/``alias`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
     from mlflow.tracking import MlflowClient
 
     ref = uri.removeprefix("models:/").rstrip("/")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        return {"version": str(client.get_model_version_by_alias(name, alias).version), "alias": alias}
+        return name, {"version": str(client.get_model_version_by_alias(name, alias).version), "alias": alias}
     name, _, version = ref.partition("/")
     aliases = client.get_model_version(name, version).aliases
-    return {"version": version, "alias": aliases[0] if aliases else None}
+    return name, {"version": version, "alias": aliases[0] if aliases else None}
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class Embedding(AutoencoderTask):
     route = "embed"
     metrics = ("ari", "nmi", "silhouette")
     scored_splits = ("train", "val", "test")
+    outputs_in_train = False  # prepare reads the latent size off the head
 
     @property
     def p(self) -> Any:

@@ -50,6 +50,7 @@ class Generation(Task):
     metrics = ("confident_share", "class_coverage")
     monitor = None
     scored_splits = ("test",)
+    outputs_in_train = False  # evaluate draws samples and trains a judge: it runs the generator itself
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
