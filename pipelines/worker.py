@@ -3,18 +3,19 @@ the step does its own work, then runs the step's calls into that library.
 
 Evaluate and deploy spend most of a small run importing libraries they need only at the end
 (MLflow and its SQL store ~2.3 s, BentoML's build ~0.8 s; measured on 2 cores, README "Scale").
-``Worker("pipelines.tracking:get_client", library="mlflow")`` starts ``python -m pipelines.worker`` at once; the child
-runs the warm-up functions, then answers calls::
+``Worker("pipelines.tracking:get_client", library="mlflow")`` starts ``python -m pipelines.worker``
+at once; the child runs the warm-up functions, then answers calls::
 
     with Worker("pipelines.tracking:get_client", library="mlflow") as mlflow:
-        ...                                               # the step's own work, on this core
-        mlflow.call("pipelines.evaluate:log_results", run_id, metrics)   # runs in the child
+        ...                                        # the step's own work, on this core
+        mlflow.call("pipelines.evaluate:log_to_mlflow", run_id, metrics, gate, folder)  # in the child
 
 Calls and results are JSON lines on the child's stdin/stdout (its library prints go to stderr,
 with the step's log). A call that raises in the child raises ``WorkerError`` here with the child's
 one-line reason (the child logs its traceback). The child exits when its stdin closes: when the
 step leaves the ``with`` block, and also when the step is killed (even by SIGKILL), after finishing
-the call it was running.
+the call it was running. It ignores Ctrl-C (the step, which gets it too, decides: a step that fails
+terminates its workers).
 """
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def main(warm: list[str]) -> None:
     """The child: replies on a private copy of stdout; fd 1 goes to stderr (library prints join the log)."""
     from pipelines.logs import setup_logging
 
+    import signal
+
+    # Ctrl-C reaches the whole process group: the step decides (it terminates its workers when it fails)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     setup_logging()

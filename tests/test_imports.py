@@ -1,5 +1,7 @@
-"""Stages that don't train must not pay for importing lightning (~7-15 s per process here)."""
+"""Stages that don't train must not pay for importing lightning (~7-15 s per process here), and
+evaluate/deploy not for torch or (in their own process) MLflow."""
 
+import json
 import subprocess
 import sys
 
@@ -21,12 +23,14 @@ print("HEAVY=" + ",".join(heavy))
 """
 
 
+# evaluate and deploy: no torch (train wrote the outputs and the graph) and MLflow only in their warm
+# worker processes (pipelines/worker.py), never in the stage's own
 ALLOWED = {"collect": set(), "split": set(), "design": {"torch"}, "configure": {"torch"},
-           "train": {"torch", "lightning", "pytorch_lightning", "mlflow"}, "evaluate": {"torch", "mlflow"}}
+           "train": {"torch", "lightning", "pytorch_lightning", "mlflow"}, "evaluate": set(), "deploy": set()}
 
 
 def test_non_training_steps_skip_lightning(tmp_path, subprocess_env, mlflow_uri):
-    """Run the six steps for real, each in a fresh process, and list the heavy modules each imported."""
+    """Run the seven steps for real, each in a fresh process, and list the heavy modules each imported."""
     d = tmp_path
     argv = {
         "collect": ["--out-dir", d / "collect"],
@@ -36,11 +40,14 @@ def test_non_training_steps_skip_lightning(tmp_path, subprocess_env, mlflow_uri)
         "train": ["--split-dir", d / "split", "--design-dir", d / "design", "--configure-dir", d / "configure",
                   "--out-dir", d / "train"],
         "evaluate": ["--split-dir", d / "split", "--train-dir", d / "train", "--out-dir", d / "evaluate"],
+        "deploy": ["--split-dir", d / "split", "--train-dir", d / "train", "--evaluate-dir", d / "evaluate",
+                   "--out-dir", d / "deploy"],
     }
     import yaml
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())  # a params file lists every key
     raw["train"]["epochs"], raw["evaluate"]["baselines"] = 1, ["logreg"]
+    raw["deploy"].update(build_bento=False, model_name="dlops-imports")
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
     subprocess_env["MLFLOW_TRACKING_URI"] = mlflow_uri
@@ -53,3 +60,5 @@ def test_non_training_steps_skip_lightning(tmp_path, subprocess_env, mlflow_uri)
         imported[step] = set(out.stdout.split("HEAVY=")[1].strip().split(",")) - {""}
     assert all(imported[s] <= ALLOWED[s] for s in argv), imported
     assert "lightning" in imported["train"]  # the probe sees imports at all
+    manifest = json.loads((d / "deploy" / "manifest.json").read_text())
+    assert manifest["version"] == "1" and manifest["alias"] in ("champion", "challenger")  # by the worker
