@@ -309,20 +309,15 @@ def bootstrap(kernels: dict[str, Kernel], n: int, resamples: int = RESAMPLES, se
 
 
 def recompute_test_outputs(split_dir: Path, train_dir: Path, split: dict[str, Any]) -> tuple[np.ndarray, dict]:
-    """The network's test outputs along evaluate's own path (``task.prepare`` is not needed by the
-    tasks whose metrics have row kernels, and a generation task's trains a judge, so it is not run)."""
+    """The network's test outputs along evaluate's own path (not called for a generation task: its
+    metric is a share of samples, whose interval needs no rows)."""
     from pipelines.data import load_split, preprocess_state
-    from pipelines.evaluate import load_network
-    from pipelines.files import load_arrays
-    from pipelines.plugins import TRAIN_OUTPUTS, get_task
+    from pipelines.evaluate import scored_outputs
+    from pipelines.plugins import get_task
 
     task, state = get_task(split["task"]), preprocess_state(split_dir)
     y = load_split(split_dir, "test", preprocess=False)[1]
-    if task.outputs_in_train:  # train wrote them (no torch here)
-        raw = load_arrays(Path(train_dir) / TRAIN_OUTPUTS, "test")["test"]
-        return y, task.network_outputs(raw, state["target"])
-    net = task.head(load_network(Path(train_dir) / "model.pt"), state["target"])
-    return y, task.outputs(net, lambda name: load_split(split_dir, name)[0], "test", state)
+    return y, scored_outputs(task, Path(split_dir), Path(train_dir), state, split, ("test",))["test"]
 
 
 def _share_intervals(metrics: dict[str, Any], report: dict[str, Any]) -> dict[str, dict[str, Any]]:

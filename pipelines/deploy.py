@@ -115,7 +115,7 @@ def choose_alias(gate: dict[str, Any], champion: dict[str, Any] | None, data_has
                         f"{champion['value']:.4f}{note}")
 
 
-def register(model_name: str, logged_model: dict[str, str] | None, files: list[str], run_id: str, gate: dict,
+def register(model_name: str, logged_model: dict[str, str], files: list[str], run_id: str, gate: dict,
              metrics: dict, data_hash: str, onnx_sha256: str) -> dict[str, Any]:
     """The registry version of this model, tags and all, and the alias it earns (not set yet: see
     ``move_alias``). The version's source is the model train logged to its run (``logged_model``); this
@@ -128,9 +128,6 @@ def register(model_name: str, logged_model: dict[str, str] | None, files: list[s
 
     from serving.model import deploy_files_path
 
-    if not logged_model:
-        raise DeployError(f"training run {run_id} logged no model (trained with export off, e.g. a sweep trial): "
-                          "train it again with `dvc repro`")
     import mlflow
 
     # the registry resolves a models:/<id> source through MLflow's process-wide tracking URI
@@ -271,6 +268,9 @@ def _run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, o
     state = preprocess_state(split_dir)
     modality, task = get_modality(split["kind"]), get_task(split["task"], params)
     exported = load_exported(train_dir / EXPORT_DIR)
+    if p.register and not run_info.get("logged_model"):
+        raise DeployError(f"{train_dir / 'run.json'}: training run {run_info['run_id']} logged no model to "
+                          "register (trained with export off, e.g. a sweep trial): train it again with `dvc repro`")
     rule = gate.get("rule") or {}
     with staged_outputs(out_dir, replace=True) as tmp:
         for name in ("model.onnx", *exported.files):  # tokenizer.json for text
@@ -299,7 +299,7 @@ def _run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, o
         reference = build_reference(split_dir, tmp)
         if p.register:
             files = [tmp / "manifest.json", *([tmp / REFERENCE] if reference is not None else [])]
-            registered = mlflow.submit("pipelines.deploy:register", p.model_name, run_info.get("logged_model"),
+            registered = mlflow.submit("pipelines.deploy:register", p.model_name, run_info["logged_model"],
                                        [str(f) for f in files], run_info["run_id"], gate, metrics,
                                        split["data_hash"], onnx_sha256)
             if p.build_bento:  # meanwhile (the MLflow worker may still be importing it)
