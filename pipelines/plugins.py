@@ -266,7 +266,7 @@ class Modality:
         names. Default: none."""
         return []
 
-    # deploy
+    # export (run by train, where torch and the weights are loaded; deploy checks and ships the graph)
     def export(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any], out: Path,
                output_name: str) -> Exported:
         """Write ``out/model.onnx``: the network ``head`` behind this modality's preprocessing."""
@@ -441,7 +441,7 @@ class Task:
         """The test rows the model got most wrong, most confident first."""
         return []
 
-    # deploy
+    # export (train) and deploy
     def export_head(self, net: Any, target_state: dict[str, Any]) -> Any:
         """The network as it should answer once served (e.g. in the target's own units)."""
         return net
