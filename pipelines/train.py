@@ -174,8 +174,8 @@ def _trainer(p: Any, monitor: str | None, ckpt_dir: str, extra: list[Callback]) 
     return trainer, checkpoint
 
 
-def network_outputs(task: Task, split: dict[str, Any], split_dir: Path, checkpoint: Path, out: Path,
-                    export: bool) -> Exported | None:
+def save_outputs_and_export(task: Task, split: dict[str, Any], split_dir: Path, checkpoint: Path, out: Path,
+                            export: bool) -> Exported | None:
     """What the later steps read instead of loading torch, computed from the saved checkpoint along
     evaluate's own path: ``outputs.npz``, the head's raw outputs on each scored split (no arrays for
     a task that evaluates otherwise), and ``export/``: the served graph (the modality's preprocessing
@@ -185,9 +185,10 @@ def network_outputs(task: Task, split: dict[str, Any], split_dir: Path, checkpoi
     from pipelines.plugins import predict_outputs
 
     state = preprocess_state(split_dir)
+    net = load_network(checkpoint)  # the saved weights, as evaluate would load them
     arrays = {}
     if task.outputs_in_train:
-        head = task.head(load_network(checkpoint), state["target"])
+        head = task.head(net, state["target"])
         arrays = {s: predict_outputs(head, load_split(split_dir, s)[0]) for s in task.scored_splits}
     save_arrays(out / TRAIN_OUTPUTS, **arrays)
     if not export:
@@ -195,8 +196,8 @@ def network_outputs(task: Task, split: dict[str, Any], split_dir: Path, checkpoi
     folder = out / EXPORT_DIR
     folder.mkdir()
     started = time.perf_counter()
-    head = task.export_head(load_network(checkpoint), state["target"])
-    exported = task.export(get_modality(split["kind"]), head, split_dir, state, split, folder)
+    exported = task.export(get_modality(split["kind"]), task.export_head(net, state["target"]), split_dir, state,
+                           split, folder)
     exported.info["seconds"] = round(time.perf_counter() - started, 2)
     save_exported(exported, folder)
     log.info("exported %s/model.onnx in %.1fs (%d parity case(s))", folder.name, exported.info["seconds"],
@@ -304,7 +305,7 @@ def _fit(params: Params, lit: L.LightningModule, spec: dict[str, Any], recipe: d
         fit_seconds = time.perf_counter() - started
         _save_best(lit, checkpoint.best_model_path if checkpoint else "", spec, tmp / CHECKPOINT)
         _write_curves(epoch_logger.history, tmp / "curves.csv")
-        exported = network_outputs(task, split, split_dir, tmp / CHECKPOINT, tmp, export)
+        exported = save_outputs_and_export(task, split, split_dir, tmp / CHECKPOINT, tmp, export)
         logged = (log_onnx_model(run_id, tmp / EXPORT_DIR, exported, task.output_name)
                   if exported is not None else None)
         best = (min(epoch_logger.history, key=lambda r: r[monitor]) if monitor is not None
