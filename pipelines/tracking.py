@@ -108,6 +108,8 @@ def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
     """Mark ``KILLED`` the runs of this experiment left ``RUNNING`` by a dlops process of this machine
     that no longer exists (``kill -9``, a lost machine); runs of live processes and of other machines
     are left alone. Returns the run ids it closed."""
+    from mlflow.exceptions import MlflowException
+
     from pipelines.files import pid_alive
 
     host, closed = socket.gethostname(), []
@@ -116,8 +118,15 @@ def close_dead_runs(client: Any, experiment_id: str) -> list[str]:
         pid = tags.get("dlops.pid", "")
         if tags.get("dlops.host") != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
-        client.set_tag(run.info.run_id, "dlops.closed_because", f"its process {pid} died while the run was RUNNING")
-        client.set_terminated(run.info.run_id, status="KILLED")
+        try:
+            client.set_tag(run.info.run_id, "dlops.closed_because", f"its process {pid} died while the run was RUNNING")
+            client.set_terminated(run.info.run_id, status="KILLED")
+        except MlflowException:
+            # two steps starting at once (a sweep's parallel trials) both close it: the second insert of
+            # the tag fails; what matters is that the run is closed
+            if client.get_run(run.info.run_id).info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, status="KILLED")
+            continue
         closed.append(run.info.run_id)
         log.warning("MLflow run %s was left RUNNING by process %s, which died: marked KILLED", run.info.run_id, pid)
     return closed
