@@ -50,6 +50,25 @@ def step_main(
         sys.exit(2)
     log.info("%s done in %.2fs", step, time.perf_counter() - started)
     print(json.dumps(summary, default=str))
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if main_spec is not None and main_spec.name == module:  # this process is the step (`python -m`)
+        exit_now()
+
+
+def exit_now(code: int = 0) -> None:
+    """End the process as the interpreter would (other threads joined, ``atexit`` hooks run, streams
+    flushed) without its teardown of every imported module: 0.3–0.5 s of a step that imported pandas,
+    scikit-learn or ONNX Runtime, measured on 2 cores (README "Scale"). Only for a process that is a
+    step, once its outputs are written."""
+    import atexit
+    import os
+    import threading
+
+    threading._shutdown()  # what the interpreter's exit runs first: thread pools' exit hooks, then joins threads
+    atexit._run_exitfuncs()  # then these: logging.shutdown, weakref finalizers, multiprocessing, library hooks
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -12,7 +12,12 @@ other data.
 
 from __future__ import annotations
 
-import datetime as dt
+from pipelines import worker
+
+if __name__ == "__main__":  # the registry's MLflow import (~2.5 s, on its critical path) starts before ours
+    worker.prestart("pipelines.tracking:get_client")
+
+import datetime as dt  # noqa: E402 (after the prestart, on purpose)
 import logging
 import os
 import shutil
@@ -232,12 +237,14 @@ def undo_interrupted(journal: Path) -> None:
 def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Check, register and package the evaluated model that train exported.
 
-    MLflow and BentoML are imported by two warm workers (``pipelines.worker``) started first, on the
-    other core while this process checks parity and writes the drift reference; the Bento is built in
-    a clean context (serving/, pipelines/ and this model) whose path the BentoML worker is given."""
+    MLflow and BentoML are imported by two warm workers (``pipelines.worker``): MLflow's, on the
+    critical path (import, register, then card and Bento), starts first (as a step: before this
+    module's own imports) on the other core while this process checks parity and writes the drift
+    reference; BentoML's once the card's imports are done here (a third busy process on two cores
+    slows the registry's). The Bento is built in a clean context (serving/, pipelines/ and this
+    model) whose path the BentoML worker is given."""
     import tempfile
 
-    from pipelines.worker import Worker
     from serving.build import build_env
 
     p = params.deploy
@@ -245,8 +252,8 @@ def run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, ou
     if p.register:
         undo_interrupted(journal)
     with tempfile.TemporaryDirectory(prefix="bento-ctx-") as ctx, \
-            Worker("pipelines.tracking:get_client", library="mlflow", start=p.register) as mlflow, \
-            Worker("serving.build:warm", env=build_env(Path(ctx)), start=p.build_bento, deferred=True) as bento:
+            worker.Worker("pipelines.tracking:get_client", library="mlflow", start=p.register) as mlflow, \
+            worker.Worker("serving.build:warm", env=build_env(Path(ctx)), start=p.build_bento, deferred=True) as bento:
         try:
             return _run(params, Path(split_dir), Path(train_dir), Path(evaluate_dir), Path(out_dir), journal,
                         mlflow, bento, Path(ctx))
@@ -302,10 +309,10 @@ def _run(params: Params, split_dir: Path, train_dir: Path, evaluate_dir: Path, o
             registered = mlflow.submit("pipelines.deploy:register", p.model_name, run_info["logged_model"],
                                        [str(f) for f in files], run_info["run_id"], gate, metrics,
                                        split["data_hash"], onnx_sha256)
-            if p.build_bento:  # meanwhile (the MLflow worker may still be importing it)
+            prepare_card()
+            if p.build_bento:  # meanwhile (the MLflow worker is still importing it, on the other core)
                 bento.start()
                 copy_sources(ROOT, ctx)
-            prepare_card()
             manifest.update(registered())
             failpoint("deploy.registered")
         card = write_card(split_dir, train_dir, evaluate_dir, tmp, manifest)  # names the version: after register

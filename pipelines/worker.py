@@ -10,6 +10,11 @@ at once; the child runs the warm-up functions, then answers calls::
         ...                                        # the step's own work, on this core
         mlflow.call("pipelines.evaluate:log_to_mlflow", run_id, metrics, gate, folder)  # in the child
 
+A step run as ``python -m`` can start the child before its own imports: ``prestart(*warm)`` at the
+top of its module (under ``if __name__ == "__main__"``); the step's ``Worker(*warm)`` takes that
+child over, and a step that ends before it does (bad params) stops it. Each call carries the step's
+temp folder (``pipelines.files.private_tmp``), so a child started earlier writes its temp files there too.
+
 Calls and results are JSON lines on the child's stdin/stdout (its library prints go to stderr,
 with the step's log). A call that raises in the child raises ``WorkerError`` here with the child's
 one-line reason (the child logs its traceback). The child exits when its stdin closes: when the
@@ -20,12 +25,14 @@ terminates its workers).
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +47,38 @@ class WorkerError(RuntimeError):
 def _resolve(target: str) -> Callable[..., Any]:
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _spawn(warm: tuple[str, ...], env: dict[str, str] | None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipelines.worker", *warm], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+
+
+_prestarted: dict[tuple[str, ...], subprocess.Popen] = {}
+
+
+def prestart(*warm: str) -> None:
+    """Start the child of ``Worker(*warm)`` (default environment) now, ahead of the step's own imports
+    (~0.3 s earlier); the ``Worker`` adopts it. One not adopted by the time the process exits is stopped."""
+    if warm not in _prestarted:
+        if not _prestarted:
+            atexit.register(_stop_prestarted)
+        _prestarted[warm] = _spawn(warm, None)
+
+
+def _stop_prestarted() -> None:
+    for warm in list(_prestarted):
+        _discard(warm)
+
+
+def _discard(warm: tuple[str, ...]) -> None:
+    proc = _prestarted.pop(warm, None)
+    if proc is not None:
+        proc.terminate()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
 class Worker:
@@ -57,6 +96,8 @@ class Worker:
         self.inline = not start or (library is not None and library in sys.modules)
         self.proc: subprocess.Popen | None = None
         self.pending: str | None = None
+        if self.inline:
+            _discard(self.warm)  # a child prestarted for nothing
 
     def __enter__(self) -> Worker:
         if not self.deferred:
@@ -67,8 +108,8 @@ class Worker:
         """Start the child now (once; nothing to start when calls run in this process)."""
         if self.inline or self.proc is not None:
             return
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.worker", *self.warm], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1, env=self.env)
+        early = _prestarted.pop(self.warm, None) if self.env is None else None
+        self.proc = early or _spawn(self.warm, self.env)
 
     def call(self, target: str, *args: Any) -> Any:
         """Run ``module:function(*args)`` in the worker (JSON arguments and result) and return its result."""
@@ -86,7 +127,7 @@ class Worker:
             raise RuntimeError(f"{target}: the worker is still running {self.pending}")
         self.pending = target
         try:
-            self.proc.stdin.write(json.dumps({"call": target, "args": args}) + "\n")
+            self.proc.stdin.write(json.dumps({"call": target, "args": args, "tmpdir": tempfile.gettempdir()}) + "\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # the worker is gone: wait() says so
@@ -142,6 +183,7 @@ def main(warm: list[str]) -> None:
     warm_seconds = round(time.perf_counter() - started, 3)
     for line in sys.stdin:
         request = json.loads(line)
+        os.environ["TMPDIR"] = tempfile.tempdir = request["tmpdir"]  # the step's, also when started before it
         try:
             result = _resolve(request["call"])(*request["args"])
             reply = {"result": result, "warm_seconds": warm_seconds}

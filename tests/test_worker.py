@@ -83,3 +83,60 @@ def test_child_exits_when_the_step_is_killed_by_sigkill(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail(f"worker {child} outlived its killed step")
+
+
+def test_a_prestarted_child_is_taken_over_by_its_worker(tmp_path):
+    """``prestart`` (a step's ``__main__``, before its imports) starts the very child ``Worker`` then uses;
+    each call runs with the caller's current temp folder (the step's private one, set after the prestart)."""
+    import tempfile
+
+    from pipelines import worker
+
+    worker.prestart("os:getcwd")
+    early = worker._prestarted[("os:getcwd",)]
+    saved = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path)
+    try:
+        with Worker("os:getcwd", library="a_module_nobody_imports") as w:
+            assert w.proc is early and w.call("os:getpid") == early.pid
+            assert w.call("tempfile:gettempdir") == str(tmp_path)
+            assert w.call("os:getenv", "TMPDIR") == str(tmp_path)  # the child's own subprocesses too
+    finally:
+        tempfile.tempdir = saved
+    assert early.returncode == 0 and ("os:getcwd",) not in worker._prestarted
+
+
+def test_a_prestarted_child_not_needed_is_stopped():
+    from pipelines import worker
+
+    worker.prestart("os:getcwd")
+    early = worker._prestarted[("os:getcwd",)]
+    with Worker("os:getcwd", library="a_module_nobody_imports", start=False) as w:  # e.g. deploy.register off
+        assert w.inline
+    assert early.poll() is not None and not worker._prestarted
+    # a step that ends before taking its child over (bad params: exit 2) stops it on the way out
+    code = ("import sys; from pipelines import worker\n"
+            "worker.prestart('time:sleep')\n"
+            "print(worker._prestarted[('time:sleep',)].pid, flush=True); sys.exit(2)\n")
+    step = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert step.returncode == 2
+    child = int(step.stdout.strip())
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_a_step_process_exits_without_teardown_but_with_its_hooks(tmp_path):
+    """``exit_now``: pool threads finish and their exit hooks run, ``atexit`` hooks run, buffered
+    output is flushed, the exit code is kept; only the teardown of imported modules is skipped."""
+    marker = tmp_path / "hook-ran"
+    code = ("import atexit, sys, time\n"
+            "from concurrent.futures import ThreadPoolExecutor\n"
+            "from pipelines.cli import exit_now\n"
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+            "pool = ThreadPoolExecutor(1); pool.submit(time.sleep, 0.2)\n"  # left running, as libraries do
+            "sys.stdout.write('buffered, no newline')\n"
+            "exit_now(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered, no newline"
+    assert marker.read_text() == "yes"
