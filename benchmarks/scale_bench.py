@@ -91,6 +91,25 @@ def setup(repo: Path, rows: int, overrides: dict[str, dict], env: dict[str, str]
     return written
 
 
+def host_reference(env: dict[str, str], runs: int = 3) -> float:
+    """Median seconds of ``python -c "import mlflow"``: the host's speed at the moment (the shared 2 cores
+    vary ~1.5x with other jobs), and the import on evaluate's and deploy's critical path."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import mlflow"], env=env, check=True)
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process's waited-for children so far (a stage's whole tree)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_measured(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> tuple[float, int, int]:
     """Wall seconds, peak RSS summed over the process tree, and the exit status."""
     started = time.perf_counter()
@@ -146,18 +165,22 @@ def main() -> None:
         csv_mb = (repo / "data" / "raw" / "scale.csv").stat().st_size / 2**20
         print(f"{args.rows:,} rows, {csv_mb:.0f} MB CSV written in {written:.1f} s; project at {repo}", flush=True)
         stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+        reference = host_reference(env)
+        print(f"host reference: `python -c 'import mlflow'` {reference:.2f} s (median of 3)", flush=True)
         rows = []
         for stage in stages:
+            cpu = cpu_seconds()
             secs, peak, rc = run_measured(["dvc", "repro", "-s", stage], repo, env, base / "repro.log")
             rows.append((stage, secs, peak))
-            print(f"  {stage}: {secs:.1f} s, peak {peak / 2**30:.2f} GiB" + ("" if rc == 0 else f"  FAILED rc={rc}"),
-                  flush=True)
+            print(f"  {stage}: {secs:.1f} s, peak {peak / 2**30:.2f} GiB, CPU {cpu_seconds() - cpu:.1f} s (dvc + stage)"
+                  + ("" if rc == 0 else f"  FAILED rc={rc}"), flush=True)
             if rc:
                 print((base / "repro.log").read_text()[-4000:])
                 sys.exit(rc)
         report(repo, rows)
         if args.repro_rounds:
             full_repro(repo, env, args.repro_rounds, stages)
+            print(f"host reference after: `python -c 'import mlflow'` {host_reference(env):.2f} s")
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(base, ignore_errors=True)
