@@ -128,15 +128,18 @@ def test_a_prestarted_child_not_needed_is_stopped():
 def test_a_step_process_exits_without_teardown_but_with_its_hooks(tmp_path):
     """``exit_now``: pool threads finish and their exit hooks run, ``atexit`` hooks run, buffered
     output is flushed, the exit code is kept; only the teardown of imported modules is skipped."""
-    marker = tmp_path / "hook-ran"
+    marker, pooled = tmp_path / "hook-ran", tmp_path / "pool-task-done"
     code = ("import atexit, sys, time\n"
             "from concurrent.futures import ThreadPoolExecutor\n"
             "from pipelines.cli import exit_now\n"
             f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
-            "pool = ThreadPoolExecutor(1); pool.submit(time.sleep, 0.2)\n"  # left running, as libraries do
+            "def task():\n"
+            f"    time.sleep(0.3); open({str(pooled)!r}, 'w').write('yes')\n"
+            "pool = ThreadPoolExecutor(1); pool.submit(task)\n"  # left running, as libraries do
             "sys.stdout.write('buffered, no newline')\n"
             "exit_now(3)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
     assert proc.stdout == "buffered, no newline"
     assert marker.read_text() == "yes"
+    assert pooled.read_text() == "yes"  # the pool's work finished before the process ended
