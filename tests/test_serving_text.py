@@ -222,6 +222,7 @@ def test_text_without_tokens_is_read_as_unknown_and_flagged(http: httpx.Client, 
     result = resp.json()
     assert [p["tokens"] for p in result["predictions"]][1:] == [0, 0] and result["notes"]["no_tokens"] == 2
     assert result["predictions"][1]["probabilities"] == result["predictions"][2]["probabilities"]
+    assert all(p["note"].startswith("no tokens:") for p in result["predictions"][1:])
 
 
 def test_text_mostly_unknown_to_the_model_is_flagged(http: httpx.Client, model_dir: Path) -> None:

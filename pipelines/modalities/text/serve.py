@@ -85,8 +85,11 @@ def unknown_notes(ids: np.ndarray, lengths: np.ndarray) -> tuple[list[float], li
     read = np.maximum(lengths, 1)  # a text without tokens is read as one <unk>
     shares = [round(float(u / n), 4) for u, n in zip(unknown, read)]
     notes = [None if share <= MOSTLY_UNKNOWN else
-             f"mostly unknown to the model: {int(u)} of {int(n)} tokens ({share:.0%}) are not in its vocabulary, "
-             "so the prediction says little about this text" for share, u, n in zip(shares, unknown, read)]
+             "no tokens: the tokenizer found nothing to read in this text (whitespace or control characters), "
+             "so the model read one unknown token and the prediction says nothing about the text" if length == 0
+             else f"mostly unknown to the model: {int(u)} of {int(n)} tokens ({share:.0%}) are not in its vocabulary, "
+             "so the prediction says little about this text"
+             for share, u, n, length in zip(shares, unknown, read, lengths)]
     return shares, notes
 
 
@@ -154,7 +157,7 @@ class TextRequests(RequestSide):
                 "unknown_share": (float, Field(description="share of the tokens read that are not in the model's "
                                                            "vocabulary (<unk>), 0 to 1")),
                 "note": (Optional[str], Field(description=f"set when unknown_share > {MOSTLY_UNKNOWN}: the text is "
-                                                          "mostly unknown to the model"))}
+                                                          "mostly unknown to the model, or has no tokens"))}
 
     def notes_fields(self) -> dict[str, Any]:
         return {"truncated": (int, Field(description="texts in this request cut to max_len tokens")),
