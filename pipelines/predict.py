@@ -13,8 +13,9 @@ side (``ADAPTERS``, keyed by its JSON field):
   did), JSONL (a key absent from a line is a missing value there, as in collect) or Parquet; each row
   is validated by the request type and converted by ``RecordRequests.to_inputs``, exactly as a
   ``{"records": [...]}`` request is. Columns the model does not take (the target, an id) are ignored.
-- ``texts``: the text column of a CSV/JSONL/Parquet file (``--column``; else ``text``, else the one
-  column besides the target), validated and tokenized by ``TextRequests``.
+- ``texts``: the text column of a CSV/JSONL/Parquet file (``--column``; else the column the
+  model learned from, named in its manifest; else ``text``, else the one column besides the
+  target), validated and tokenized by ``TextRequests``.
 - ``images``: a folder (recursively, files with ``decode.SUFFIXES``; others are counted, not read)
   or a CSV/JSONL/Parquet with a path column (``--column``; else ``path``/``image``/``file``; relative
   paths are from the table's folder). A model of image files (manifest ``input.image``) gets each
@@ -139,8 +140,9 @@ class RowFile:
         except PredictError:
             raise
         except UnicodeDecodeError as exc:
-            raise PredictError(f"{self.path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
-                               f"{exc.start}): save it as UTF-8") from None
+            from pipelines.sources import not_utf8
+
+            raise PredictError(not_utf8(self.path, exc)) from None
         except Exception as exc:  # noqa: BLE001 - OSError, JSON and Arrow errors: one line naming the file
             raise PredictError(f"{self.path}: not a readable {self.kind} file: {str(exc)[:200]}") from None
 
@@ -158,7 +160,8 @@ class RowFile:
                     batch = []
         except UnicodeDecodeError as exc:
             raise PredictError(f"{self.path}: not UTF-8 text after row {batch[-1][0] if batch else 'start'} "
-                               f"({exc.reason}): save it as UTF-8") from None
+                               f"({exc.reason}; a GBK, Latin-1 or Windows-1252 file?): save it as UTF-8, e.g. "
+                               f"`iconv -f GBK -t UTF-8 in.csv > out.csv`") from None
         except (OSError, csv.Error, EOFError) as exc:
             raise PredictError(f"{self.path}: stopped reading: {str(exc)[:200]}") from None
         if batch:

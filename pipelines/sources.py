@@ -271,7 +271,7 @@ def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (no header row)") from None
     except UnicodeDecodeError as exc:
-        raise DataError(_not_utf8(path, exc)) from None
+        raise DataError(not_utf8(path, exc)) from None
     except (OSError, ValueError) as exc:  # ParserError is a ValueError
         if isinstance(exc, DataError):
             raise
@@ -402,7 +402,8 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    """One line for a file that is not UTF-8 (collect's and batch prediction's): where, and how to fix it."""
     return (f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte {exc.start}; a GBK, Latin-1 or "
             f"Windows-1252 file?): save it as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.csv > out.csv`")
 
@@ -449,7 +450,7 @@ def jsonl_file(params: DataParams) -> Table | TextTable:
                 records.append(record)
                 lines.append(lineno)
     except UnicodeDecodeError as exc:
-        raise DataError(_not_utf8(path, exc)) from None
+        raise DataError(not_utf8(path, exc)) from None
     except (OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable JSONL file: {exc}") from None
     if not records:

@@ -173,6 +173,20 @@ def test_unusable_inputs_fail_with_one_reason(table_model: Any, tmp_path: Path) 
     assert len(read_csv(predict.errors_path(out))) == 2  # the reasons are kept
 
 
+def test_a_file_that_is_not_utf8_is_named_with_the_fix(table_model: Any, tmp_path: Path) -> None:
+    """A GBK export (a spreadsheet on a Chinese-locale machine): one line with the byte, the likely
+    encodings and the iconv command, whether the bad byte is in the header or in a row."""
+    out = tmp_path / "p.csv"
+    (tmp_path / "head.csv").write_bytes(("年龄," + ",".join(COLUMNS) + "\n").encode("gbk"))
+    with pytest.raises(predict.PredictError, match=r"head\.csv: not UTF-8 text \(byte 0x.. at byte 0; a GBK.*iconv"):
+        predict.run(table_model, tmp_path / "head.csv", out, progress=False)
+    rows = ",".join(COLUMNS) + "\n" + "1,2,F,north,monthly\n" * 1000  # past the reader's first 8 KiB
+    (tmp_path / "rows.csv").write_bytes((rows + "1,2,F,北方,monthly\n").encode("gbk"))
+    with pytest.raises(predict.PredictError, match=r"rows\.csv: not UTF-8 text after row .*a GBK.*iconv -f GBK"):
+        predict.run(table_model, tmp_path / "rows.csv", out, progress=False)
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- texts
 
 

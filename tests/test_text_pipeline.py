@@ -88,7 +88,23 @@ def test_deployed_graph_has_dynamic_batch_and_sequence(text_run):
     assert parity["passed"] and len({c["seq_len"] for c in parity["cases"]}) == 2  # two widths
     manifest = json.loads((work / "deploy" / "manifest.json").read_text())
     assert manifest["kind"] == "text" and manifest["input"]["tokenizer"] == "tokenizer.json"
+    assert manifest["input"]["column"] == "review"  # the corpus column it learned from
     assert (work / "deploy" / "tokenizer.json").exists()
+
+
+def test_batch_prediction_reads_the_trained_text_column_unasked(text_run, tmp_path):
+    """The user's raw corpus file, as collect read it: `review` is found without --column because the
+    manifest names it (the file has two other columns, so no other rule could pick it)."""
+    from pipelines import predict
+    from serving.model import load_model_from
+
+    _, work, _ = text_run
+    raw = pd.read_csv(work / "data" / "raw" / "reviews.csv").head(50).assign(id=range(50))
+    raw.to_csv(tmp_path / "new.csv", index=False)
+    model = load_model_from(work / "deploy", str(work / "deploy"))
+    predict.run(model, tmp_path / "new.csv", tmp_path / "p.csv", progress=False)
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert len(got) == 50 and set(got["label"]) <= {"positive", "negative"}
 
 
 @pytest.mark.slow

@@ -150,6 +150,8 @@ class Texts(Modality):
             cases.append(ParityCase({INPUT_NAME: X}, reference, {"seq_len": width}))
         schema = {"kind": "texts", "name": INPUT_NAME, "dtype": "int64", "max_len": state["max_len"],
                   "tokenizer": TOKENIZER, "tokenizer_sha256": sha256_file(out / TOKENIZER)}
+        if isinstance(split.get("text_column"), str):  # the corpus column it learned from: batch prediction's default
+            schema["column"] = split["text_column"]
         return Exported(input_schema=schema, cases=cases, info=info, example=X_test[:2], files=[TOKENIZER])
 
 
