@@ -193,6 +193,24 @@ def test_small_table_ids_need_an_id_name_and_booleans_with_gaps():
     assert prep.frame["flag"].tolist()[:3] == ["true", "false", pd.NA]
 
 
+def test_an_id_repeated_only_by_exact_duplicate_rows_is_still_an_id():
+    """A real export with duplicated records: the duplicates repeat their record's ID, so the ID is not
+    unique per row, but it is per distinct row. Repeats with different data are real reuse: kept."""
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"customer_id": [f"C{i:04d}" for i in range(N)], "ref": np.arange(N) + 1,
+                          "x": rng.normal(size=N), "plan": rng.choice(["a", "b"], N), "y": np.arange(N) % 2})
+    frame = pd.concat([frame, frame.iloc[:15]], ignore_index=True)  # 15 exact duplicate rows
+    prep = _prepare(frame)
+    reasons = {d["name"]: d["reason"] for d in prep.dropped}
+    assert set(reasons) == {"customer_id", "ref"}
+    assert reasons["customer_id"] == (f"identifier-like: a distinct text value in each of the {N} distinct rows "
+                                      "(15 exact duplicate rows repeat theirs)")
+    assert prep.kinds == {"x": "numeric", "plan": "categorical"} and len(prep.frame) == N + 15
+    reused = frame.copy()
+    reused.loc[N:, "x"] += 1.0  # the same IDs with other data: not duplicates, so not provably IDs
+    assert {d["name"] for d in _prepare(reused).dropped} == set()
+
+
 def test_digits_profile_unchanged(tmp_path):
     out = tmp_path / "collect"
     collect.run(make_params(), out)  # data.task defaults to auto

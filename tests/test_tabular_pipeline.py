@@ -184,3 +184,22 @@ def test_churn_service_over_http_equals_pipeline_predictions(churn_run, tmp_path
     expected = np.where(served[:, 1] >= threshold, "Yes", "No")
     assert [p["label"] for p in body["predictions"]] == expected.tolist()
     assert sum(body["notes"]["missing_values"].values()) == int(raw.isna().sum().sum())
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_gboost_baseline_takes_a_column_with_more_than_255_categories(task):
+    """HistGradientBoosting refuses a categorical column with more than max_bins (255) codes: such a
+    column (a product name, a postcode) goes to it as an ordinal code, the others stay categorical."""
+    from pipelines.plugins import get_modality, get_task
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    state = {"n_features": 3, "cardinalities": [302, 6]}  # column 1: 300 categories + unknown + missing
+    X = np.column_stack([rng.normal(size=n), rng.integers(0, 302, n), rng.integers(0, 6, n)]).astype(np.float32)
+    y = (X[:, 0] + (X[:, 2] > 2) > 0.5).astype(int) if task == "classification" else X[:, 0] + X[:, 2]
+    factories = get_modality("tabular").baselines(get_task(task), Path("."), state)
+    model = factories["gboost"]()
+    assert list(model.categorical_features) == [2]
+    assert model.fit(X, y).score(X, y) > 0.5
+    linear = factories["logreg" if task == "classification" else "linear"]().fit(X, y)  # one-hot: any number
+    assert linear.score(X, y) > 0.5

@@ -22,7 +22,8 @@ Column rules (each feature column gets exactly one outcome; thresholds are the c
   the first bad row and the column. If all parse, it is treated as numbers below; otherwise it is
   categorical text ("Yes"/"No" included, kept as written).
 * **identifier-like** columns are dropped, with a warning and a ``profile["dropped"]`` entry:
-  no missing values, every value distinct, and either the name looks like an ID (``id``,
+  no missing values, every value distinct (a row that exactly repeats another row may repeat its
+  ID: a duplicated record is not a second customer), and either the name looks like an ID (``id``,
   ``customer_id``, ``customerID``, ``uuid``, ``key``...; needs >= 2 rows) or the table has at least
   ``MIN_ROWS_FOR_ID`` rows and the column is text, or whole numbers in strictly increasing order
   (a row number / auto-increment key). Columns with fractional numbers are never IDs.
@@ -107,10 +108,11 @@ def prepare_table(table: Table, params: DataParams) -> PreparedTable:
     out: dict[str, pd.Series] = {}
     kinds: dict[str, str] = {}
     dropped = [{"name": c, "reason": "listed in data.drop"} for c in params.drop]
+    repeats = _Repeats(frame[keep])
     for name in frame.columns:
         if name == table.target or name in params.drop:
             continue
-        kind, values = _feature(frame[name][keep], name, where, params.columns.get(name))
+        kind, values = _feature(frame[name][keep], name, where, params.columns.get(name), repeats)
         if kind == "drop":
             log.warning("%s: dropping column %r: %s", where, name, values)
             dropped.append({"name": name, "reason": values})
@@ -281,9 +283,23 @@ def _check_finite(numbers: pd.Series, name: str, where: str) -> None:
 # ---------------------------------------------------------------- features
 
 
-def _feature(s: pd.Series, name: str, where: str, forced: str | None = None) -> tuple[str, Any]:
+class _Repeats:
+    """Which rows exactly repeat an earlier row of the table (all columns), computed once and only
+    when a column could be an ID but for repeated values."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame, self._mask = frame, None
+
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = self.frame.duplicated(keep="first").to_numpy()
+        return self._mask
+
+
+def _feature(s: pd.Series, name: str, where: str, forced: str | None = None,
+             repeats: _Repeats | None = None) -> tuple[str, Any]:
     """``("numeric", float64)``, ``("categorical", string)`` or ``("drop", reason)``; ``forced`` is
-    the column's ``data.columns`` type, if any."""
+    the column's ``data.columns`` type, if any; ``repeats``: the table's exactly repeated rows."""
     if pdt.is_datetime64_any_dtype(s) or pdt.is_timedelta64_dtype(s):
         if forced:
             raise DataError(f"{where}: column {name!r}: date/time dtype {s.dtype} cannot be {forced} "
@@ -318,7 +334,7 @@ def _feature(s: pd.Series, name: str, where: str, forced: str | None = None) -> 
     if values.isna().all():
         raise DataError(f"{where}: column {name!r}: every value is missing (leave it out with data.drop)")
     if not forced:
-        reason = _drop_reason(values, name)
+        reason = _drop_reason(values, name, repeats)
         if reason:
             return "drop", reason
     if pdt.is_string_dtype(values):
@@ -348,23 +364,32 @@ def _text_values(s: pd.Series, name: str, where: str) -> pd.Series:
     return _normalized(s, "categorical", name, where)
 
 
-def _drop_reason(values: pd.Series, name: str) -> str | None:
+def _drop_reason(values: pd.Series, name: str, repeats: _Repeats | None = None) -> str | None:
     n, distinct = len(values), values.nunique()
     if distinct == 1 and not values.isna().any():
         return f"constant: the single value {values.iloc[0]!r} in every row"
-    if values.isna().any() or distinct != n or n < 2:
+    if values.isna().any() or n < 2 or distinct < n / 2:
         return None
+    rows = "rows"
+    if distinct != n:  # an ID still, if only exact duplicate rows repeat their record's value
+        if repeats is None or not (repeated := repeats.mask()).any():
+            return None
+        values = values[~repeated]
+        n = len(values)
+        if values.nunique() != n:
+            return None
+        rows = f"distinct rows ({int(repeated.sum())} exact duplicate rows repeat theirs)"
     named = bool(_ID_NAME.search(name) or _CAMEL_ID.search(name))
     if pdt.is_string_dtype(values):
         if named or n >= MIN_ROWS_FOR_ID:
-            return f"identifier-like: a distinct text value in each of the {n} rows"
+            return f"identifier-like: a distinct text value in each of the {n} {rows}"
         return None
     if not _whole(values):
         return None  # a continuous measurement, however unique
     if named:
-        return f"identifier-like: ID-named with a distinct whole number in each of the {n} rows"
+        return f"identifier-like: ID-named with a distinct whole number in each of the {n} {rows}"
     if n >= MIN_ROWS_FOR_ID and values.is_monotonic_increasing:
-        return f"identifier-like: distinct whole numbers in increasing order in all {n} rows (a row number)"
+        return f"identifier-like: distinct whole numbers in increasing order in all {n} {rows} (a row number)"
     return None
 
 

@@ -25,6 +25,8 @@ from pipelines.params import DataParams, Params
 from pipelines.plugins import Exported, Fitted, Loaded, Modality, ParityCase, Task, get_task, register_modality
 from pipelines.sources import load_source, source_modality
 
+HGB_MAX_CATEGORIES = 255  # HistGradientBoosting's max_bins: its limit on one categorical column's codes
+
 log = logging.getLogger(__name__)
 
 # Deploy's parity check runs the served graph once per row at batch size 1 (~50 us a call): on a huge
@@ -82,8 +84,21 @@ class Tables(Modality):
         return {"cardinalities": state["cardinalities"]}
 
     def baselines(self, task: Task, split_dir: Path, state: dict[str, Any]) -> dict[str, Callable[[], Any]]:
-        n, n_cat = state["n_features"], len(state["cardinalities"])
-        return task.baseline_factories(list(range(n - n_cat, n)))
+        n, cards = state["n_features"], state["cardinalities"]
+        categorical = list(range(n - len(cards), n))
+        # HistGradientBoosting takes at most max_bins (255) categories per column and refuses more; a
+        # column with more (a postcode, a product name) goes to it as its index codes, an ordinal feature
+        few = [i for i, card in zip(categorical, cards) if card <= HGB_MAX_CATEGORIES]
+
+        def narrowed(factory: Callable[[], Any]) -> Callable[[], Any]:
+            def make() -> Any:
+                model = factory()
+                if isinstance(getattr(model, "categorical_features", None), list):
+                    model.set_params(categorical_features=[i for i in model.categorical_features if i in few] or None)
+                return model
+            return make
+
+        return {name: narrowed(f) for name, f in task.baseline_factories(categorical).items()}
 
     def export(self, head: Any, split_dir: Path, state: dict[str, Any], split: dict[str, Any], out: Path,
                output_name: str) -> Exported:
