@@ -42,13 +42,18 @@ def test_normalize_categorical(raw: Any, category: str | None) -> None:
 @pytest.mark.parametrize(("raw", "number"), [
     (42.5, 42.5), (42, 42.0), (" 42.5", 42.5), ("42.5 ", 42.5), ("-1e3", -1000.0), (".5", 0.5), ("7.", 7.0),
     (np.int64(3), 3.0), ("", None), ("  ", None), (None, None), (float("nan"), None), ("NA", None),
+    # as exports format numbers: currency, comma thousands in groups of three, a trailing percent
+    ("$1,234.50", 1234.5), (" -$1,234.50 ", -1234.5), ("$-12", -12.0), ("-€12", -12.0), ("£ 3", 3.0),
+    ("¥100", 100.0), ("1,234", 1234.0), ("1,234,567.25", 1234567.25), ("45%", 45.0), ("12.5 %", 12.5),
 ])
 def test_normalize_numeric(raw: Any, number: float | None) -> None:
     got = normalize(raw, "numeric")
     assert got == number and (got is None or type(got) is float)
 
 
-@pytest.mark.parametrize("raw", ["abc", "1_000", "0x10", "4 2", True, np.bool_(False), [1], {"a": 1}])
+@pytest.mark.parametrize("raw", ["abc", "1_000", "0x10", "4 2", True, np.bool_(False), [1], {"a": 1},
+                                 # a decimal comma or odd grouping is never read as thousands
+                                 "1,5", "12,34", "1,23,456", "$1,234,5", "€1.234,56", "$", "%", "+-$3", "(12)"])
 def test_normalize_numeric_rejects(raw: Any) -> None:
     with pytest.raises((TypeError, ValueError)):
         normalize(raw, "numeric")
@@ -239,12 +244,13 @@ PLANS = ("basic", " basic", "premium ", "premium", "family")
 def write_messy_csv(path: Path, n: int = N_RAW, seed: int = 0) -> list[int]:
     """A churn-like CSV written cell by cell, as exported data often is: stray whitespace in
     categories, an integer-coded category (num_cards 1..4), a store id forced categorical, a numeric
-    column with " 42.5"-style cells and gaps, missing targets. Returns the rows that have a target."""
+    column with " 42.5"-style cells and gaps, money formatted as "$1,234.50", missing targets. Returns the rows that have a target."""
     rng = np.random.default_rng(seed)
     kept = []
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["customer_id", "gender", "plan", "num_cards", "store_id", "monthly_charges", "tenure", "churn"])
+        w.writerow(["customer_id", "gender", "plan", "num_cards", "store_id", "monthly_charges", "tenure",
+                    "total_charges", "churn"])
         for i in range(n):
             cards = int(rng.integers(1, 5))
             store = int(rng.integers(101, 131))
@@ -258,8 +264,10 @@ def write_messy_csv(path: Path, n: int = N_RAW, seed: int = 0) -> list[int]:
                 churn = ""  # no target: collect drops the row
             else:
                 kept.append(i)
+            total = charges * max(tenure, 1)  # as a spreadsheet exports money: "$1,234.50", some plain
+            total_cell = (f"${total:,.2f}", f" ${total:,.2f}", f"{total:.2f}", f"{total:,.2f}", "")[i % 5]
             w.writerow([f"C{10000 + i}", GENDERS[i % len(GENDERS)] if i % 31 else "", plan, cards, store,
-                        charges_cell, tenure if i % 29 else "", churn])
+                        charges_cell, tenure if i % 29 else "", total_cell, churn])
     return kept
 
 
@@ -301,7 +309,8 @@ def test_raw_test_rows_through_the_service_path_equal_the_pipeline_predictions(t
     types = {c["name"]: (c["type"], c["forced"]) for c in prof["columns"]}
     assert types == {"gender": ("categorical", False), "plan": ("categorical", False),
                      "num_cards": ("categorical", False), "store_id": ("categorical", True),
-                     "monthly_charges": ("numeric", False), "tenure": ("numeric", True)}
+                     "monthly_charges": ("numeric", False), "tenure": ("numeric", True),
+                     "total_charges": ("numeric", False)}
     cats = {c["name"]: c.get("categories") for c in prof["columns"]}
     assert cats["gender"] == ["Female", "Male"] and cats["plan"] == ["basic", "family", "premium"]
     assert cats["num_cards"] == ["1", "2", "3", "4"]
@@ -316,6 +325,7 @@ def test_raw_test_rows_through_the_service_path_equal_the_pipeline_predictions(t
     records = [{k: client_value(raw_rows[kept[i]][k]) for k in names} for i in test_index]
     assert any(isinstance(r["num_cards"], int) for r in records) and any(isinstance(r["store_id"], int) for r in records)
     assert any(isinstance(r["monthly_charges"], str) and r["monthly_charges"].strip() for r in records)
+    assert any(str(r["total_charges"]).strip().startswith("$") for r in records)
     assert any(r["gender"] != r["gender"].strip() for r in records if isinstance(r["gender"], str))
 
     validated = TypeAdapter(records_type(columns)).validate_python(records)
@@ -327,7 +337,7 @@ def test_raw_test_rows_through_the_service_path_equal_the_pipeline_predictions(t
     assert sum(seen) >= 0.9 * len(rows)
     assert tally([r for r, ok in zip(rows, seen) if ok], columns)[1] == {}  # no unknowns where training saw them
     blank = {name: n for name in names if (n := sum(isinstance(r[name], str) and not r[name].strip() for r in records))}
-    assert missing == blank and {"monthly_charges", "gender", "tenure"} <= set(missing)
+    assert missing == blank and {"monthly_charges", "gender", "tenure", "total_charges"} <= set(missing)
 
     session = make_session(tmp_path / "deploy" / "model.onnx")
     output = manifest["output"]["name"]

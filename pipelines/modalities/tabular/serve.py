@@ -11,8 +11,10 @@ the raw file has it gets the pipeline's own prediction:
   or a whole number (``2``, ``2.0``, ``"2"``, ``" 2 "``, ``"02"``) is ``"2"``; other numbers are
   their shortest float text (``0.5``, ``"0.50"`` -> ``"0.5"``); a non-finite number is an error.
 * ``"numeric"`` -> a float or ``None``: numbers, and numeric strings (surrounding whitespace
-  allowed; ``"1e3"`` yes, ``"1_000"``/``"0x10"`` no); ``""``/NA spellings/NaN are missing; a
-  boolean is not a number (``TypeError``).
+  allowed; ``"1e3"`` yes, ``"1_000"``/``"0x10"`` no), also as exports format them: a currency
+  sign, comma thousands in groups of three, a trailing percent (``"$1,234.50"`` -> 1234.5,
+  ``"-€12"`` -> -12, ``"45%"`` -> 45; ``"1,5"`` is not a number); ``""``/NA spellings/NaN are
+  missing; a boolean is not a number (``TypeError``).
 
 ``records_type(columns)`` builds the request type from the manifest's ``input.columns``: one
 required, nullable field per column (numeric: a finite number or a numeric string; categorical: a
@@ -60,6 +62,10 @@ NUMERIC_TEXT_PATTERN = (r"^\s*(?:[+-]?(?:\d{1,7}(?:\.\d{0,12})?|\.\d{1,12})(?:[e
                         r"|NA|N/A|NaN|null|nan|NULL|None|n/a|<NA>)?\s*$")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
+# a number as spreadsheets and exports format it: a currency sign, comma thousands in strict groups of
+# three ("1,234,567.5"; "1,5" is not one, so a decimal comma is never misread), a trailing percent
+_FORMATTED = re.compile(r"(?P<sign>[+-]?)\s*(?P<currency>[$€£¥])?\s*(?P<inner>[+-]?)"
+                        r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)\s*(?P<percent>%)?")
 
 
 def _number_text(value: float) -> str:
@@ -111,9 +117,13 @@ def _number(value: Any) -> float | None:
         text = value.strip()
         if text in NA_TEXTS:
             return None
-        if not _NUMBER.fullmatch(text):
-            raise ValueError(f"not a number: {value!r}")
-        return float(text)
+        if _NUMBER.fullmatch(text):
+            return float(text)
+        if (m := _FORMATTED.fullmatch(text)) and not (m["sign"] and m["inner"]) and (
+                m["currency"] or m["percent"] or "," in m["digits"]):
+            number = float(m["digits"].replace(",", ""))  # "45%" is 45, as the file wrote it
+            return -number if "-" in (m["sign"], m["inner"]) else number
+        raise ValueError(f"not a number: {value!r}")
     raise TypeError(f"expected a number or a numeric string, got {type(value).__name__}")
 
 
