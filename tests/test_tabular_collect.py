@@ -158,6 +158,10 @@ def test_task_inference_both_ways():
     assert _prepare(flags).task == "classification"
     assert sorted(_prepare(flags).frame["y"].unique()) == ["false", "true"]
     assert _prepare(three, task="regression").task == "regression"
+    # a price as an export writes it is a number, not one class per price
+    money = pd.DataFrame({"x": x, "y": [f"${v:,.0f}" for v in 200_000 + 50_000 * x]})
+    prep = _prepare(money)
+    assert prep.task == "regression" and prep.frame["y"].iloc[0] == round(200_000 + 50_000 * x[0])
 
 
 def test_column_rules():

@@ -237,17 +237,16 @@ def _parse_numbers(text: pd.Series, name: str, where: str) -> pd.Series | None:
 
     Raises when it is mostly numbers (>= ``NUMERIC_TEXT_SHARE``) with a few that are not.
     """
-    present = text.dropna()
-    numbers = pd.to_numeric(present, errors="coerce")
-    bad = numbers.isna()
-    if not bad.any():
-        parsed = pd.to_numeric(text, errors="coerce")  # nullable Int64/Float64 from string input
-        return pd.Series(parsed.to_numpy(dtype="float64", na_value=np.nan), index=text.index)
-    if len(present) and 1 - bad.mean() >= NUMERIC_TEXT_SHARE:
-        row = bad.idxmax()
+    bad: list[Any] = []  # one (row, value) per distinct value that is not a number
+    numbers = _normalized(text, "numeric", name, where, bad)  # the features' rule: "$250,000" is a number
+    if not bad:
+        return numbers
+    present = int(numbers.notna().sum()) + len(bad)  # as _text_values counts
+    if 1 - len(bad) / present >= NUMERIC_TEXT_SHARE:
+        row, value = bad[0]
         raise DataError(
-            f"{where}: row {row}, column {name!r}: non-numeric value {present[row]!r} in a numeric column "
-            f"({int(bad.sum())} of {len(present)} values do not parse as numbers)"
+            f"{where}: row {row}, column {name!r}: non-numeric value {value!r} in a numeric column "
+            f"({len(bad)} of {present} values do not parse as numbers)"
         )
     return None
 
