@@ -197,6 +197,23 @@ def test_small_table_ids_need_an_id_name_and_booleans_with_gaps():
     assert prep.frame["flag"].tolist()[:3] == ["true", "false", pd.NA]
 
 
+def test_dates_written_as_text_are_left_out_like_date_dtypes():
+    rng = np.random.default_rng(4)
+    days = pd.date_range("2024-01-01", periods=40, freq="D")
+    frame = pd.DataFrame({
+        "signup": rng.choice(days.strftime("%Y-%m-%d"), N),                       # repeats: not an ID either
+        "last_seen": rng.choice(days.strftime("%d/%m/%Y %H:%M"), N),
+        "eu_date": np.where(rng.random(N) < 0.1, "", rng.choice(days.strftime("%d.%m.%Y"), N)),
+        "version": rng.choice(["1.2.10", "1.3.2", "2.0.11"], N),                 # not a date
+        "kept": rng.choice(days.strftime("%Y-%m-%d"), N),
+        "x": rng.normal(size=N), "y": np.arange(N) % 2})
+    prep = _prepare(frame, columns={"kept": "categorical"})
+    reasons = {d["name"]: d["reason"] for d in prep.dropped}
+    assert set(reasons) == {"signup", "last_seen", "eu_date"}
+    assert reasons["signup"].startswith("dates/times written as text (e.g. '20") and "data.columns.signup" in reasons["signup"]
+    assert prep.kinds == {"version": "categorical", "kept": "categorical", "x": "numeric"}
+
+
 def test_an_id_repeated_only_by_exact_duplicate_rows_is_still_an_id():
     """A real export with duplicated records: the duplicates repeat their record's ID, so the ID is not
     unique per row, but it is per distinct row. Repeats with different data are real reuse: kept."""

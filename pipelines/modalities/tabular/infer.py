@@ -28,6 +28,8 @@ Column rules (each feature column gets exactly one outcome; thresholds are the c
   ``MIN_ROWS_FOR_ID`` rows and the column is text, or whole numbers in strictly increasing order
   (a row number / auto-increment key). Columns with fractional numbers are never IDs.
 * **constant** columns (one value, none missing) are dropped the same way: they carry nothing.
+* **dates written as text** (``2024-01-31``, ``31/01/2024``, ``2024-01-31 08:15:00``...: every
+  present value) are dropped the same way, as date/time dtypes are: not used yet.
 * **low-cardinality whole numbers** -> categorical (``"3"``): all values whole, 2 to
   ``MAX_CODE_VALUES`` (10) distinct values, each value seen twice on average, and spaced like codes
   or counts (average gap between sorted distinct values <= ``MAX_CODE_GAP``, 10), not like
@@ -72,6 +74,9 @@ MAX_PROFILE_CATEGORIES = 1000
 
 _ID_NAME = re.compile(r"^(id|uuid|guid|key|index|row_?(id|num|number)?)$|[_ .-](id|uuid|guid|key)$", re.IGNORECASE)
 _CAMEL_ID = re.compile(r"[a-z0-9](Id|ID)$")
+# dates and times as files write them: 2024-01-31, 2024/1/31, 31/01/2024, 31.01.2024, with an optional time
+_DATE_TEXT = re.compile(r"(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/]\d{1,2}[-/]\d{2}(?:\d{2})?|\d{1,2}\.\d{1,2}\.\d{4})"
+                        r"(?:[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[AaPp][Mm]|[+-]\d{2}:?\d{2})?)?")
 
 
 @dataclass
@@ -333,7 +338,7 @@ def _feature(s: pd.Series, name: str, where: str, forced: str | None = None,
     if values.isna().all():
         raise DataError(f"{where}: column {name!r}: every value is missing (leave it out with data.drop)")
     if not forced:
-        reason = _drop_reason(values, name, repeats)
+        reason = _date_reason(values, name) or _drop_reason(values, name, repeats)
         if reason:
             return "drop", reason
     if pdt.is_string_dtype(values):
@@ -361,6 +366,18 @@ def _text_values(s: pd.Series, name: str, where: str) -> pd.Series:
             f"keeps them as categories)"
         )
     return _normalized(s, "categorical", name, where)
+
+
+def _date_reason(values: pd.Series, name: str) -> str | None:
+    """Dates written as text are left out as a date/time dtype is (as categories every day would be
+    a category the model never sees again); ``data.columns: {name: categorical}`` keeps them."""
+    if not pdt.is_string_dtype(values):
+        return None
+    distinct = values.dropna().unique()
+    if not len(distinct) or not all(_DATE_TEXT.fullmatch(v) for v in distinct):
+        return None
+    return (f"dates/times written as text (e.g. {distinct[0]!r}): date/time columns are not used yet "
+            f"(data.columns.{name}: categorical keeps them as categories)")
 
 
 def _drop_reason(values: pd.Series, name: str, repeats: _Repeats | None = None) -> str | None:
