@@ -30,7 +30,7 @@ from tests.conftest import make_params, run_pipeline
 @pytest.mark.parametrize(("raw", "category"), [
     (" Male", "Male"), ("Female ", "Female"), ("\tNo \n", "No"), ("Yes", "Yes"),
     ("", None), ("   ", None), (None, None), (float("nan"), None), (np.nan, None), ("NA", None), ("null", None),
-    (2, "2"), (2.0, "2"), ("2", "2"), (" 2 ", "2"), ("02", "2"), ("2.0", "2"), (-3, "-3"), (np.int64(4), "4"),
+    (" ? ", None), ("??", "??"), (2, "2"), (2.0, "2"), ("2", "2"), (" 2 ", "2"), ("02", "2"), ("2.0", "2"), (-3, "-3"), (np.int64(4), "4"),
     (np.float64(4.0), "4"), (0.5, "0.5"), ("0.50", "0.5"), (" 1e3", "1000"), (1.25, "1.25"),
     (True, "true"), (False, "false"), (np.bool_(True), "true"), ("TRUE", "true"), (" False ", "false"),
     ("2a", "2a"), ("1_000", "1_000"), ("Month-to-month", "Month-to-month"),
@@ -41,7 +41,7 @@ def test_normalize_categorical(raw: Any, category: str | None) -> None:
 
 @pytest.mark.parametrize(("raw", "number"), [
     (42.5, 42.5), (42, 42.0), (" 42.5", 42.5), ("42.5 ", 42.5), ("-1e3", -1000.0), (".5", 0.5), ("7.", 7.0),
-    (np.int64(3), 3.0), ("", None), ("  ", None), (None, None), (float("nan"), None), ("NA", None),
+    (np.int64(3), 3.0), ("", None), ("  ", None), (None, None), (float("nan"), None), ("NA", None), ("?", None),
     # as exports format numbers: currency, comma thousands in groups of three, a trailing percent
     ("$1,234.50", 1234.5), (" -$1,234.50 ", -1234.5), ("$-12", -12.0), ("-€12", -12.0), ("£ 3", 3.0),
     ("¥100", 100.0), ("1,234", 1234.0), ("1,234,567.25", 1234567.25), ("45%", 45.0), ("12.5 %", 12.5),

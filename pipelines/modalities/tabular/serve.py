@@ -6,7 +6,7 @@ collect (``infer.py``) and the service share.
 the raw file has it gets the pipeline's own prediction:
 
 * ``"categorical"`` -> the canonical category text, or ``None`` (missing): text is stripped; ``""``,
-  whitespace and the CSV reader's NA spellings (``NA``, ``null``, ``NaN``...: ``NA_TEXTS``) are
+  whitespace, the CSV reader's NA spellings (``NA``, ``null``, ``NaN``...) and ``?`` (``NA_TEXTS``) are
   missing; booleans and ``True``/``TRUE``/``true`` (and false) are ``"true"``/``"false"``; an integer
   or a whole number (``2``, ``2.0``, ``"2"``, ``" 2 "``, ``"02"``) is ``"2"``; other numbers are
   their shortest float text (``0.5``, ``"0.50"`` -> ``"0.5"``); a non-finite number is an error.
@@ -51,15 +51,15 @@ __all__ = ["MAX_BODY_BYTES", "MAX_RECORDS", "NA_TEXTS", "normalize", "records_ty
 # ---------------------------------------------------------------- raw value -> model value (shared with collect)
 
 # the CSV reader's (pandas') default NA spellings: the raw file's "NA" cell is missing in training, so it is
-# missing when a client sends the raw text too
+# missing when a client sends the raw text too; and "?", the missing marker of the UCI repository's tables
 NA_TEXTS = frozenset({"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
-                      "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"})
+                      "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null", "?"})
 TRUE_TEXTS = frozenset({"True", "TRUE", "true"})  # what the CSV reader reads as booleans
 FALSE_TEXTS = frozenset({"False", "FALSE", "false"})
 # What the schema promises for a numeric string (the service takes more: any float32-range number): up to
 # 7 mantissa digits, exponents up to 31, blanks and NA spellings (missing) - every such text is accepted.
 NUMERIC_TEXT_PATTERN = (r"^\s*(?:[+-]?(?:\d{1,7}(?:\.\d{0,12})?|\.\d{1,12})(?:[eE][+-]?(?:[0-2]?\d|3[01]))?"
-                        r"|NA|N/A|NaN|null|nan|NULL|None|n/a|<NA>)?\s*$")
+                        r"|NA|N/A|NaN|null|nan|NULL|None|n/a|<NA>|\?)?\s*$")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _INTEGER = re.compile(r"[+-]?\d+")
 # a number as spreadsheets and exports format it: a currency sign, comma thousands in strict groups of
