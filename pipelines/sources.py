@@ -310,7 +310,8 @@ def image_list(frame: pd.DataFrame, params: DataParams, path: Path) -> ImageFile
 @register_source("folder:<dir>", modality="image")
 def image_folder(params: DataParams) -> ImageFiles:
     """One sub-folder per class (``pets/cat/*.jpg``, ``pets/dog/*.png``; nested folders below a class
-    belong to it). Hidden files (``.DS_Store``) are ignored; any other file is a candidate image."""
+    belong to it), or split folders holding them (``pets/train/cat``, ``pets/test/cat``: pooled).
+    Hidden files (``.DS_Store``) are ignored; any other file is a candidate image."""
     root = Path(source_arg(params))
     _no_columns(params, "folder:<dir>")
     if not root.is_dir():
@@ -319,6 +320,7 @@ def image_folder(params: DataParams) -> ImageFiles:
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class sub-folders (expected one folder per class, e.g. {root}/cat/1.jpg)")
+    classes = _pooled_split_folders(root, classes)
     paths, labels, names = [], [], []
     for folder in classes:
         for f in sorted(folder.rglob("*")):
@@ -329,6 +331,32 @@ def image_folder(params: DataParams) -> ImageFiles:
     if not paths:
         raise DataError(f"{root}: no files in the class folders {[c.name for c in classes]}")
     return ImageFiles(tuple(paths), tuple(labels), tuple(names), str(root))
+
+
+# a dataset shipped already split: pets/train/cat/*.jpg, pets/test/cat/*.jpg
+SPLIT_FOLDER_NAMES = frozenset({"train", "training", "val", "valid", "validation", "dev", "test", "testing"})
+
+
+def _pooled_split_folders(root: Path, top: list[Path]) -> list[Path]:
+    """The class folders of ``root``: its sub-folders, or, when they are all split folders
+    (``train/``, ``val/``, ``test/``...) holding class folders, those class folders of every split,
+    pooled (and split again by the ``split`` section, as IDX's train and t10k are). Files directly in a
+    split folder have no class: they are left out, and counted in the log."""
+    import logging
+
+    if not all(d.name.lower() in SPLIT_FOLDER_NAMES for d in top):
+        return top
+    inner = [c for d in top for c in sorted(d.iterdir()) if c.is_dir() and not c.name.startswith(".")]
+    if not inner:
+        return top
+    loose = {d.name: n for d in top if (n := sum(1 for f in d.iterdir() if f.is_file()
+                                                  and not f.name.startswith(".")))}
+    logging.getLogger(__name__).warning(
+        "%s: %s are split folders: their class folders are pooled (%d classes: %s) and split again by the "
+        "split section%s", root, sorted(d.name for d in top), len({c.name for c in inner}),
+        sorted({c.name for c in inner})[:10],
+        f"; files with no class folder left out: {loose}" if loose else "")
+    return inner
 
 
 def _no_columns(params: DataParams, name: str) -> None:

@@ -185,6 +185,27 @@ def test_gray_folder_auto_is_one_channel(tmp_path: Path) -> None:
     assert np.load(tmp_path / "c3" / "images.npy").shape == (10, 3, 8, 8)
 
 
+def test_a_folder_already_split_into_train_and_test_is_pooled(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pets/train/<class>, pets/test/<class> (and loose, unlabelled test files): the classes are the
+    inner folders, not "train" and "test"; the split section splits the pooled images again."""
+    from PIL import Image
+
+    from pipelines import collect
+
+    root = tmp_path / "pets"
+    make_folder(root / "train", per_class=6, awkward=False)
+    make_folder(root / "Test", per_class=3, seed=1, awkward=False)
+    Image.fromarray(pattern(0, np.random.default_rng(0))).save(root / "Test" / "unlabelled.png")
+    with caplog.at_level("WARNING"):
+        collect.run(image_params(f"folder:{root}"), tmp_path / "c")
+    prof = read_json(tmp_path / "c" / "profile.json")
+    assert prof["classes"] == sorted(CLASSES) and prof["rows"] == 27
+    assert prof["class_balance"] == {name: 9 for name in CLASSES}
+    names = list(load_arrays(tmp_path / "c" / "rows.npz", "names")["names"])
+    assert "train/dark/000.jpg" in names and "Test/stripes/002.jpg" in names
+    assert "split folders" in caplog.text and "'Test': 1" in caplog.text
+
+
 def test_idx_source(tmp_path: Path) -> None:
     from pipelines import collect
 
