@@ -58,7 +58,7 @@ from pipelines.modalities.schema import Inputs, RequestError
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 256
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 SHOWN_ERRORS = 5  # bad items named in the stderr summary; all of them are in the errors CSV
@@ -99,8 +99,10 @@ class RowFile:
     ``chunks(n)`` yielding lists of ``(row, record, None)``, or ``(row, None, reason)`` for a row
     that cannot be read. ``row`` is the 0-based data row (blank lines are no rows), as pandas counts."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, decimal_commas: bool = False) -> None:
         self.path = path
+        self._sep: str | None = None
+        self.decimal_commas = decimal_commas  # a table's cells: a ";" file's "1,5" is 1.5, as collect reads it
         if _suffix_of(path, CSV_SUFFIXES):
             self.kind = "csv"
         elif _suffix_of(path, JSONL_SUFFIXES):
@@ -147,7 +149,11 @@ class RowFile:
             raise PredictError(f"{self.path}: not a readable {self.kind} file: {str(exc)[:200]}") from None
 
     def _delimiter(self) -> str:
-        return "\t" if self.path.name.lower().endswith(".tsv") else ","
+        from pipelines.sources import csv_delimiter
+
+        if self._sep is None:
+            self._sep = csv_delimiter(self.path)  # as collect reads it
+        return self._sep
 
     def chunks(self, size: int, wanted: list[str] | None = None) -> Iterator[list[tuple[int, Any, str | None]]]:
         reader = {"csv": self._csv, "jsonl": self._jsonl, "parquet": self._parquet}[self.kind]
@@ -168,6 +174,9 @@ class RowFile:
             yield batch
 
     def _csv(self, size: int, wanted: list[str] | None) -> Iterator[tuple[int, Any, str | None]]:
+        from pipelines.sources import decimal_comma
+
+        comma_decimals = self.decimal_commas and self._delimiter() == ";"
         with _open_text(self.path) as fh:
             rows = csv.reader(fh, delimiter=self._delimiter())
             header = [h.strip() for h in next(rows)]
@@ -179,6 +188,8 @@ class RowFile:
                 if len(values) != n:
                     yield i, None, f"expected {n} fields as the header has, got {len(values)}"
                 else:
+                    if comma_decimals:
+                        values = [decimal_comma(v) for v in values]
                     yield i, dict(zip(header, values)), None
                 i += 1
 
@@ -242,7 +253,7 @@ class Adapter:
         if path.is_dir():
             raise PredictError(f"{path}: a folder is read as image files; this {self.model.manifest.get('kind')} "
                                "model takes a CSV, JSONL or Parquet file")
-        return RowFile(path)
+        return RowFile(path, decimal_commas=self.model.manifest.get("kind") == "tabular")
 
     def item(self, record: dict[str, Any]) -> Any:
         """The request side's item for one row (raise ``ValueError`` naming what is wrong)."""

@@ -15,10 +15,11 @@ Every dataset goes through ``validate_dataset`` (arrays), ``tabular.prepare_tabl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 
@@ -253,9 +254,45 @@ def _file_result(frame: pd.DataFrame, params: DataParams, path: Path,
     return Table(frame=frame, target=params.target, origin=str(path))
 
 
-@register_source("csv:<path>", suffixes=(".csv", ".csv.gz"), modality="tabular")
+DELIMITERS = ",;\t|"  # comma, and what exports use beside it: ";" (European Excel, UCI's wine and bank tables), tab, pipe
+
+
+# in a ";"-delimited file a comma is the decimal separator ("1,5"): such a cell reads as "1.5", in collect
+# and in batch prediction alike ("1,500" there is 1.5, never the thousands that a comma file would mean)
+_DECIMAL_COMMA = re.compile(r"\s*[+-]?\d*,\d+\s*")
+
+
+def decimal_comma(cell: Any) -> Any:
+    """A ";"-file's cell with its decimal comma as a point (``"1,5"`` -> ``"1.5"``); others unchanged."""
+    return cell.replace(",", ".") if isinstance(cell, str) and _DECIMAL_COMMA.fullmatch(cell) else cell
+
+
+def csv_delimiter(path: Path) -> str:
+    """The delimiter of a delimited text file, read from its header row (collect and batch prediction
+    both ask here): the candidate (``DELIMITERS``) that splits the header into the most fields outside
+    quotes; a comma when none splits it (a one-column file)."""
+    import csv
+    import gzip
+    import io
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            header = fh.readline()
+    except (OSError, UnicodeDecodeError, EOFError):
+        return ","  # the reader reports it
+    best, fields = ",", 1
+    for delimiter in DELIMITERS:
+        n = len(next(csv.reader(io.StringIO(header), delimiter=delimiter), []))
+        if n > fields:
+            best, fields = delimiter, n
+    return best
+
+
+@register_source("csv:<path>", suffixes=(".csv", ".csv.gz", ".tsv", ".tsv.gz"), modality="tabular")
 def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
-    """A CSV file with a header row; empty cells and the usual NA spellings are missing.
+    """A CSV file with a header row; empty cells and the usual NA spellings are missing. The delimiter
+    is read from the header (``csv_delimiter``: comma, semicolon, tab or pipe; ``.tsv`` too).
 
     With ``data.text`` every cell is read as written (a review saying "NA" is text): only empty
     cells are missing. With ``data.image`` it lists labelled image files (``image_list``).
@@ -266,8 +303,9 @@ def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
     text_kw = ({"dtype": str, "keep_default_na": False} if params.text or params.image
                else {"skipinitialspace": True})
     try:
-        _check_header(path)
-        frame = pd.read_csv(path, low_memory=False, **text_kw)
+        delimiter = csv_delimiter(path)
+        _check_header(path, delimiter)
+        frame = pd.read_csv(path, low_memory=False, sep=delimiter, **text_kw)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (no header row)") from None
     except UnicodeDecodeError as exc:
@@ -278,6 +316,10 @@ def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
         raise DataError(f"{path}: not a readable CSV file: {exc}") from None
     if params.image:
         return image_list(frame, params, path)
+    if delimiter == ";" and not params.text:
+        for name in frame.columns:
+            if frame[name].dtype == object or pd.api.types.is_string_dtype(frame[name]):
+                frame[name] = frame[name].map(decimal_comma)
     return _file_result(frame, params, path)
 
 
@@ -436,14 +478,14 @@ def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
             f"Windows-1252 file?): save it as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.csv > out.csv`")
 
 
-def _check_header(path: Path) -> None:
+def _check_header(path: Path, delimiter: str = ",") -> None:
     """Refuse duplicate column names: pandas would silently rename the second ``age`` to ``age.1``."""
     import csv
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        header = next(csv.reader(fh), [])
+        header = next(csv.reader(fh, delimiter=delimiter), [])
     seen: dict[str, int] = {}
     for i, name in enumerate(c.strip() for c in header):
         if name and name in seen:

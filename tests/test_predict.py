@@ -25,6 +25,7 @@ from pydantic import TypeAdapter
 from pipelines import predict
 from pipelines.modalities.image.decode import decode_file
 from serving.model import load_model_from
+from tests.conftest import make_params
 from tests.helpers import build_demo_model, build_photo_model, build_text_model
 from tests.test_serving_tabular import PROFILE, build_tabular_model, churn_frame
 
@@ -116,6 +117,29 @@ def test_table_csv_equals_the_service(table_model: Any, tmp_path: Path) -> None:
     assert (summary["read"], summary["scored"], summary["bad"]) == (40, 38, 2)
     assert summary["notes"]["missing_values"]["monthly_spend"] >= 1
     assert summary["label_agreement"]["rows"] == 38
+
+
+def test_semicolon_and_tab_files_read_as_collect_reads_them(table_model: Any, tmp_path: Path) -> None:
+    """A European Excel export (";" between fields, "42,5" decimal commas) and a TSV: the delimiter
+    from the header, a ";" file's decimal commas as points, in collect and here alike."""
+    from pipelines import collect
+
+    df = churn_frame(30, seed=5)
+    clean = df[COLUMNS].astype(object).where(df[COLUMNS].notna(), None)
+    want = served(table_model, [clean.loc[i].to_dict() for i in range(30)])
+    euro = df.astype(object).where(df.notna(), "").astype(str)
+    for c in ("monthly_spend", "spend_next_year"):
+        euro[c] = euro[c].str.replace(".", ",", regex=False)
+    euro.to_csv(tmp_path / "euro.csv", sep=";", index=False)
+    assert "," in (tmp_path / "euro.csv").read_text().splitlines()[1]
+    df.to_csv(tmp_path / "tabs.tsv", sep="\t", index=False)
+    for name in ("euro.csv", "tabs.tsv"):
+        _, got, errors = score(table_model, tmp_path / name, tmp_path / f"{name}.preds.csv")
+        assert errors == [] and len(got) == 30
+        check_same(got, want, ["No", "Yes"])
+    collect.run(make_params(data={"source": f"csv:{tmp_path / 'euro.csv'}", "target": "churned"}), tmp_path / "c")
+    collected = pd.read_parquet(tmp_path / "c" / "data.parquet")
+    np.testing.assert_allclose(collected["monthly_spend"], df["monthly_spend"])
 
 
 def test_table_jsonl_and_parquet(table_model: Any, tmp_path: Path) -> None:
