@@ -24,8 +24,10 @@ from pipelines.plugins import SPLITS, get_modality, get_task
 log = logging.getLogger(__name__)
 
 
-def split_indices(y: np.ndarray, p: SplitParams, stratify: bool) -> dict[str, np.ndarray]:
-    """Disjoint, sorted index arrays for train/val/test."""
+def split_indices(y: np.ndarray, p: SplitParams, stratify: bool, what: str = "strata",
+                  names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Disjoint, sorted index arrays for train/val/test; ``what``/``names``: what ``y`` holds (the
+    target's classes, by name) for the error when a stratum is too small."""
     from sklearn.model_selection import train_test_split
 
     n = len(y)
@@ -37,9 +39,10 @@ def split_indices(y: np.ndarray, p: SplitParams, stratify: bool) -> dict[str, np
     if stratify:
         labels, counts = np.unique(y, return_counts=True)
         if counts.min() < 3:
-            bad = labels[counts < 3]
-            raise DataError(f"column target: class(es) {bad.tolist()} have fewer than 3 rows; cannot stratify "
-                            "(set split.stratify: false or collect more data)")
+            small = {(names[int(v)] if names and 0 <= int(v) < len(names) else v.item()): int(c)
+                     for v, c in zip(labels, counts) if c < 3}
+            raise DataError(f"{what}: {small} (value: rows) have fewer than 3 rows, so they cannot be in train, val "
+                            "and test alike; drop or merge those rows, or set split.stratify: false")
     rest, test = train_test_split(idx, test_size=n_test, random_state=p.seed, stratify=y if stratify else None)
     train, val = train_test_split(rest, test_size=n_val, random_state=p.seed,
                                   stratify=y[rest] if stratify else None)
@@ -78,7 +81,10 @@ def run(params: Params, collect_dir: Path, out_dir: Path) -> dict[str, Any]:
     y = task.encode_targets(loaded.targets, prof, loaded.where)
     strata, stratified_on = task.strata(y)
     stratify = params.split.stratify
-    parts = split_indices(strata, params.split, stratify)
+    classes = prof.get("classes") if stratified_on == "classes" else None
+    target = f"column {prof['target']!r}: " if prof.get("target") else ""
+    what = f"{target}class(es)" if classes else f"stratify on {stratified_on}"
+    parts = split_indices(strata, params.split, stratify, what, classes)
     leakage = leakage_report(loaded.keys, parts)
     if leakage["cross_split_duplicates"]:
         log.warning("%d rows have an exact duplicate in another split (examples: %s)",

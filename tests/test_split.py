@@ -65,7 +65,8 @@ def test_cross_split_duplicates_are_reported(tmp_path):
 def test_too_small_class_cannot_be_stratified(tmp_path):
     X = np.zeros((40, 1, 2, 2), np.float32) + np.arange(40)[:, None, None, None]
     y = np.array([0] * 38 + [1] * 2)
-    with pytest.raises(DataError, match=r"class\(es\) \[1\] have fewer than 3 rows"):
+    # named by the target column and the class's own label, with its count
+    with pytest.raises(DataError, match=r"^class\(es\): \{'1': 2\} \(value: rows\) have fewer than 3 rows"):
         split.run(make_params(), _collect_dir(tmp_path, X, y), tmp_path / "split")
     assert not (tmp_path / "split").exists()
 
