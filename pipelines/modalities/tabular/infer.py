@@ -296,7 +296,10 @@ class _Repeats:
 
     def mask(self) -> np.ndarray:
         if self._mask is None:
-            self._mask = self.frame.duplicated(keep="first").to_numpy()
+            try:
+                self._mask = self.frame.duplicated(keep="first").to_numpy()
+            except TypeError:  # an unhashable cell (a JSONL list): its column's own check names it
+                self._mask = np.zeros(len(self.frame), dtype=bool)
         return self._mask
 
 
