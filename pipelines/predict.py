@@ -710,7 +710,11 @@ def _agreement(model: Any, row: dict[str, Any], tally: Tally) -> None:
     if not model.task.compares_labels or row["actual"] is None:
         return
     actual = str(row["actual"]).strip()
-    if actual in (model.manifest.get("classes") or []):
+    classes = model.manifest.get("classes") or []
+    if actual not in classes:  # "YES" is the class "Yes": collect merged such spellings (pipelines.labels)
+        same = [c for c in classes if c.casefold() == actual.casefold()]
+        actual = same[0] if len(same) == 1 else actual
+    if actual in classes:
         tally.labelled += 1
         tally.correct += int(row.get("label") == actual)
 

@@ -314,6 +314,9 @@ def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{path}: not a readable CSV file: {exc}") from None
+    # a header cell's stray spaces are no part of its name ("Age " is "Age"), as _check_header and batch
+    # prediction read the header
+    frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
     if params.image:
         return image_list(frame, params, path)
     if delimiter == ";" and not params.text:

@@ -58,6 +58,7 @@ import pandas as pd
 from pandas.api import types as pdt
 
 from pipelines.files import DataError
+from pipelines.labels import canonical_spellings, case_groups, describe_groups
 from pipelines.modalities.tabular.serve import normalize
 from pipelines.params import DataParams, section_dict
 from pipelines.sources import NO_TARGET, Table
@@ -123,6 +124,8 @@ def prepare_table(table: Table, params: DataParams) -> PreparedTable:
             dropped.append({"name": name, "reason": values})
         else:
             out[name], kinds[name] = values, kind
+            if kind == "categorical":
+                _case_warning(values, name, where)
     if not out:
         raise DataError(f"{where}: no feature columns left (dropped: "
                         f"{', '.join(d['name'] + ' (' + d['reason'] + ')' for d in dropped) or 'none'})")
@@ -445,12 +448,35 @@ def _target(s: pd.Series, name: str, where: str, task: str, known: str | None) -
     if task == "auto":
         task = known or _infer_task(labels, numbers, name, where)
     if _takes_labels(task):
-        return (labels if labels is not None else _label_text(numbers)), task
+        return _one_spelling(labels if labels is not None else _label_text(numbers), name, where), task
     if numbers is None:
         present = labels.dropna()
         raise DataError(f"{where}: row {present.index[0]}, column {name!r}: regression needs a numeric target, "
                         f"got {present.iloc[0]!r} (data.task: regression)")
     return numbers, task
+
+
+def _one_spelling(labels: pd.Series, name: str, where: str) -> pd.Series:
+    """Class labels with each class in one spelling: ``"YES"`` and ``"yes"`` become the more frequent
+    ``"Yes"`` (``pipelines.labels``), with a warning naming them."""
+    counts = labels.value_counts().to_dict()
+    groups = case_groups(counts)
+    if not groups:
+        return labels
+    log.warning("%s: column %r: labels that differ only in letter case are one class, spelled as the most "
+                "frequent: %s", where, name, describe_groups(groups, counts))
+    return labels.replace(canonical_spellings(groups))
+
+
+def _case_warning(values: pd.Series, name: str, where: str) -> None:
+    """Warn about categories that differ only in letter case: they stay separate (the service takes a
+    request's category as written), so the file is where to fix them."""
+    counts = values.value_counts().to_dict()
+    groups = case_groups(counts)
+    if groups:
+        log.warning("%s: column %r: categories that differ only in letter case stay separate categories "
+                    "(a request's value is taken as written): %s; if they are one, fix the file", where, name,
+                    describe_groups(groups, counts))
 
 
 def _infer_task(labels: pd.Series | None, numbers: pd.Series | None, name: str, where: str) -> str:
