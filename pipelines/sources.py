@@ -15,6 +15,7 @@ Every dataset goes through ``validate_dataset`` (arrays), ``tabular.prepare_tabl
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pipelines.params import DataParams
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["image", "tabular", "text"]
 
@@ -304,7 +307,7 @@ def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
                else {"skipinitialspace": True})
     try:
         delimiter = csv_delimiter(path)
-        _check_header(path, delimiter)
+        header = _check_header(path, delimiter)
         frame = pd.read_csv(path, low_memory=False, sep=delimiter, **text_kw)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: file is empty (no header row)") from None
@@ -317,6 +320,7 @@ def csv_file(params: DataParams) -> Table | TextTable | ImageFiles:
     # a header cell's stray spaces are no part of its name ("Age " is "Age"), as _check_header and batch
     # prediction read the header
     frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
+    frame = _drop_unnamed_empty(frame, header, path)
     if params.image:
         return image_list(frame, params, path)
     if delimiter == ";" and not params.text:
@@ -477,24 +481,48 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
     """One line for a file that is not UTF-8 (collect's and batch prediction's): where, and how to fix it."""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(2)
+    except OSError:
+        start = b""
+    if start in (b"\xff\xfe", b"\xfe\xff"):  # Excel's "Unicode Text" export, Windows tools
+        return (f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark), not UTF-8: save it as UTF-8, "
+                f"e.g. `iconv -f UTF-16 -t UTF-8 in.csv > out.csv` (or Excel's \"CSV UTF-8\")")
     return (f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte {exc.start}; a GBK, Latin-1 or "
             f"Windows-1252 file?): save it as UTF-8, e.g. `iconv -f GBK -t UTF-8 in.csv > out.csv`")
 
 
-def _check_header(path: Path, delimiter: str = ",") -> None:
-    """Refuse duplicate column names: pandas would silently rename the second ``age`` to ``age.1``."""
+def _check_header(path: Path, delimiter: str = ",") -> list[str]:
+    """The header's names, stripped. Refuses duplicate names: pandas would silently rename the second
+    ``age`` to ``age.1``."""
     import csv
     import gzip
 
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as fh:
-        header = next(csv.reader(fh, delimiter=delimiter), [])
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+        header = [c.strip() for c in next(csv.reader(fh, delimiter=delimiter), [])]
     seen: dict[str, int] = {}
-    for i, name in enumerate(c.strip() for c in header):
+    for i, name in enumerate(header):
         if name and name in seen:
             raise DataError(f"{path}: duplicate column name {name!r} (columns {seen[name] + 1} and {i + 1} of the "
                             "header): rename one")
         seen.setdefault(name, i)
+    return header
+
+
+def _drop_unnamed_empty(frame: Any, header: list[str], path: Path) -> Any:
+    """Leave out columns without a name and without a value: a trailing delimiter on every line (an
+    Excel export's habit) reads as such a column. A named empty column stays, and collect names it."""
+    if len(header) != frame.shape[1]:
+        return frame
+    empty = [i for i, name in enumerate(header)
+             if not name and (frame.iloc[:, i].astype("string").str.strip().fillna("") == "").all()]
+    if empty:
+        log.warning("%s: leaving out %d column(s) without a header name and without values (header position(s) "
+                    "%s: a trailing delimiter?)", path, len(empty), ", ".join(str(i + 1) for i in empty))
+        frame = frame.drop(columns=[frame.columns[i] for i in empty])
+    return frame
 
 
 @register_source("jsonl:<path>", suffixes=(".jsonl", ".jsonl.gz", ".ndjson"), modality="tabular")

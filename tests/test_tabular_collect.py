@@ -283,6 +283,10 @@ def _write_bad(kind):
         with open("t.csv", "wb") as fh:
             fh.write(b"a,b\n\xff\xfe\x00\x81,\x9c\n")
         return "csv:t.csv", {"target": "b"}
+    elif kind == "utf16_csv":  # Excel's "Unicode Text" export
+        with open("t.csv", "wb") as fh:
+            fh.write("a\tb\n1\tYes\n".encode("utf-16"))
+        return "csv:t.csv", {"target": "b"}
     elif kind == "unreadable_parquet":
         with open("t.parquet", "w") as fh:
             fh.write("a,b\n1,2\n")
@@ -308,6 +312,8 @@ def _write_bad(kind):
         ("empty_file", r"t\.csv: file is empty"),
         ("header_only", r"t\.csv: table is empty \(0 rows\)"),
         ("unreadable_csv", r"t\.csv: not UTF-8 text \(byte 0xff at byte 4; a GBK"),
+        ("utf16_csv", r"t\.csv: UTF-16 text \(it starts with a UTF-16 byte-order mark\), not UTF-8: save it as "
+                      r"UTF-8, e\.g\. `iconv -f UTF-16"),
         ("unreadable_parquet", r"t\.parquet: not a readable Parquet file"),
     ],
 )
@@ -349,3 +355,20 @@ def test_file_sources_need_target_and_extension(in_tmp):
         collect.run(make_params(data={"source": "csv:t.csv"}), in_tmp / "collect")
     with pytest.raises(ParamsError, match=r"unknown source 'csv:t\.txt' .*csv:<path> needs a path ending in \.csv"):
         collect.run(make_params(data={"source": "csv:t.txt", "target": "churn"}), in_tmp / "collect")
+
+
+def test_a_trailing_delimiter_column_is_left_out_and_a_named_empty_one_is_not(in_tmp, caplog):
+    """Every line ending in a comma (an Excel habit) reads as a column without name or values: left
+    out with a warning; a named empty column stays an error (the user names it in data.drop)."""
+    frame = churn_frame(60)[["tenure", "contract", "churn"]]
+    lines = frame.to_csv(index=False).splitlines()
+    with open("t.csv", "w") as fh:
+        fh.write("\n".join(line + "," for line in lines) + "\n")
+    with caplog.at_level("WARNING"):
+        _, prof, _ = _collect(in_tmp, "csv:t.csv", target="churn")
+    assert [c["name"] for c in prof["columns"]] == ["tenure", "contract"]
+    assert "leaving out 1 column(s) without a header name and without values (header position(s) 4" in caplog.text
+    with open("t.csv", "w") as fh:
+        fh.write("\n".join(line + (",note" if i == 0 else ",") for i, line in enumerate(lines)) + "\n")
+    with pytest.raises(DataError, match="column 'note': every value is missing"):
+        _collect(in_tmp, "csv:t.csv", target="churn")
