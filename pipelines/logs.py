@@ -10,6 +10,14 @@ TORCHVISION_OPS_LOGGER = "torch.onnx._internal.exporter._registration"
 LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 # Lightning's pytree helper trips torch's own deprecation of LeafSpec: library code, nothing for us to change.
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# BentoML's build warns about every build-context file over 10 MiB: here that is the model itself,
+# which deploy puts there on purpose (a text model's embedding table passes 10 MiB on a small corpus).
+BENTO_BUILD_LOGGER = "bentoml._internal.bento.bento"
+BENTO_BIG_FILE = "File size is larger than"
+
+
+def _not_big_file(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(BENTO_BIG_FILE)
 
 
 def setup_logging() -> None:
@@ -26,6 +34,7 @@ def setup_logging() -> None:
     # train step logs its own summary. Its warnings (rank_zero_warn) still show.
     logging.getLogger(LIGHTNING_INFO_LOGGER).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING)
+    logging.getLogger(BENTO_BUILD_LOGGER).addFilter(_not_big_file)
     # MLflow draws a progress bar for each artifact download (deploy and serving fetch the model back);
     # setdefault: a user who wants the bars back sets the variable
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
