@@ -9,9 +9,12 @@ have to map them too. collect warns about them instead (``case_groups`` finds th
 
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
-__all__ = ["case_groups", "canonical_spellings", "describe_groups"]
+__all__ = ["case_groups", "canonical_spellings", "describe_groups", "label_spellings"]
+
+log = logging.getLogger(__name__)
 
 
 def case_groups(counts: Mapping[str, int]) -> list[list[str]]:
@@ -36,3 +39,13 @@ def describe_groups(groups: list[list[str]], counts: Mapping[str, int], limit: i
              for g in groups]
     more = f"; and {len(parts) - limit} more" if len(parts) > limit else ""
     return "; ".join(parts[:limit]) + more
+
+
+def label_spellings(counts: Mapping[str, int], where: str, column: str) -> dict[str, str]:
+    """``{variant: canonical}`` for a target's labels (``counts``: label -> rows), logging the merge as a
+    warning that names ``where`` and ``column``; empty when every class has one spelling."""
+    groups = case_groups(counts)
+    if groups:
+        log.warning("%s: column %r: labels that differ only in letter case are one class, spelled as the most "
+                    "frequent: %s", where, column, describe_groups(groups, counts))
+    return canonical_spellings(groups)

@@ -58,7 +58,7 @@ import pandas as pd
 from pandas.api import types as pdt
 
 from pipelines.files import DataError
-from pipelines.labels import canonical_spellings, case_groups, describe_groups
+from pipelines.labels import case_groups, describe_groups, label_spellings
 from pipelines.modalities.tabular.serve import normalize
 from pipelines.params import DataParams, section_dict
 from pipelines.sources import NO_TARGET, Table
@@ -459,13 +459,8 @@ def _target(s: pd.Series, name: str, where: str, task: str, known: str | None) -
 def _one_spelling(labels: pd.Series, name: str, where: str) -> pd.Series:
     """Class labels with each class in one spelling: ``"YES"`` and ``"yes"`` become the more frequent
     ``"Yes"`` (``pipelines.labels``), with a warning naming them."""
-    counts = labels.value_counts().to_dict()
-    groups = case_groups(counts)
-    if not groups:
-        return labels
-    log.warning("%s: column %r: labels that differ only in letter case are one class, spelled as the most "
-                "frequent: %s", where, name, describe_groups(groups, counts))
-    return labels.replace(canonical_spellings(groups))
+    spelling = label_spellings(labels.value_counts().to_dict(), where, name)
+    return labels.replace(spelling) if spelling else labels
 
 
 def _case_warning(values: pd.Series, name: str, where: str) -> None:

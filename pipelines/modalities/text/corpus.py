@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.files import DataError
-from pipelines.labels import canonical_spellings, case_groups, describe_groups
+from pipelines.labels import label_spellings
 from pipelines.params import DataParams, TextParams, section_dict
 from pipelines.sources import TextTable
 from pipelines.modalities.text.encode import PAD, PAD_ID, UNK, UNK_ID
@@ -100,13 +100,8 @@ def prepare_texts(table: TextTable, params: DataParams) -> PreparedTexts:
         raise DataError(f"{where}: no rows left with both a text ({table.text!r}) and a label ({table.target!r})")
     kept = np.flatnonzero(keep)
     kept_labels = [labels[i] for i in kept]
-    counts = Counter(kept_labels)
-    groups = case_groups(counts)
-    if groups:  # "Positive" and "positive" are one class (pipelines.labels)
-        log.warning("%s: column %r: labels that differ only in letter case are one class, spelled as the most "
-                    "frequent: %s", where, table.target, describe_groups(groups, counts))
-        spelling = canonical_spellings(groups)
-        kept_labels = [spelling.get(lab, lab) for lab in kept_labels]
+    spelling = label_spellings(Counter(kept_labels), where, table.target)  # "Positive" and "positive": one class
+    kept_labels = [spelling.get(lab, lab) for lab in kept_labels]
     out = pd.DataFrame({"text": [texts[i] for i in kept], "label": kept_labels}, dtype="string")
     classes = sorted(out["label"].unique())
     if len(classes) < 2:
